@@ -1,0 +1,266 @@
+"""The typed recipe schema and its loader: YAML recipe + dotted `key=value` overrides -> a validated Config.
+
+Built on OmegaConf structured configs. Every user mistake becomes one FtlError that names the file or override,
+the key, the value and what is allowed (with the closest valid key names for a typo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from core.errors import FtlError, did_you_mean
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "jobs" / "recipes"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mobilenetv2_100"  # any timm model name
+    pretrained: str | None = None  # offline zoo tag, timm hub tag, weight file (.pth/.safetensors) or ftl run dir
+    head: str = "linear"  # linear | mlp
+    head_hidden: int = 512  # mlp head: hidden width
+    head_dropout: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0
+    freeze: str = "none"  # none | backbone | a module name (freeze up to and including it, e.g. blocks.3)
+    train_bn: bool = True  # keep BatchNorm layers in frozen parts trainable (fastai's train_bn)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class DataConfig:
+    train_dir: str = MISSING  # ImageFolder root of the training images
+    val_dir: str | None = None  # ImageFolder root of validation images; None -> seeded stratified split
+    val_split: float = 0.2  # fraction of train_dir held out when val_dir is None
+    num_classes: int | None = None  # optional check against the class folders found
+    image_size: int = 224
+    crop_pct: float = 0.875  # validation: resize to image_size / crop_pct, then center crop
+    batch_size: int = 64  # per process
+    eval_batch_size: int | None = None  # default: 2 x batch_size
+    num_workers: int = 2
+    loader: str = "torch"  # torch | ffcv | auto
+    mean: list[float] | None = None  # default: the pretrained model's own
+    std: list[float] | None = None
+
+
+@dataclass
+class AugmentConfig:
+    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop area range
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # any timm optimizer name (sgd, adamw, radam, lookahead_adamw, ...) or ranger
+    lr: float = 1e-3  # peak learning rate (per-process batch; not rescaled)
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "onecycle"  # onecycle | cosine | constant
+    warmup_epochs: float = 0.0  # cosine: linear warmup length
+    pct_start: float = 0.25  # onecycle: fraction of steps spent warming up
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    precision: str = "no"  # no | bf16 | fp16
+    grad_accum_steps: int = 1
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms; needed for bit-exact resume
+    checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10
+    output_dir: str = "runs"  # runs go to output_dir/<name>-<time> unless a run dir is given
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = False
+    project: str = "ftl"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    resume: str | None = None  # a run dir whose latest checkpoint to resume exactly
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Keys whose value must be one of a few words.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.head": ("linear", "mlp"),
+    "data.loader": ("torch", "ffcv", "auto"),
+    "schedule.name": ("onecycle", "cosine", "constant"),
+    "train.precision": ("no", "bf16", "fp16"),
+}
+# Keys whose value must lie in a closed range [lo, hi].
+RANGES: dict[str, tuple[float, float]] = {
+    "data.val_split": (0.0, 0.9),
+    "data.crop_pct": (0.1, 1.0),
+    "augment.hflip": (0.0, 1.0),
+    "augment.vflip": (0.0, 1.0),
+    "augment.label_smoothing": (0.0, 0.99),
+    "schedule.pct_start": (0.0, 1.0),
+}
+POSITIVE = ("data.image_size", "data.batch_size", "train.epochs", "train.grad_accum_steps", "optim.lr")
+
+
+@functools.cache
+def schema_keys(node: Any = Config, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of the schema, e.g. 'model.name'."""
+    keys = []
+    for f in dataclasses.fields(node):
+        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(sub):
+            keys += schema_keys(type(sub), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_keys(values: dict[str, Any], source: str) -> None:
+    valid = schema_keys()
+    sections = {k.split(".")[0] for k in valid}
+    for key in _flatten(values):
+        if key not in valid and key not in sections:
+            raise FtlError(f"{source}: unknown key '{key}'{did_you_mean(key, valid)}")
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe name (jobs/recipes/NAME.yaml) or a path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FtlError(f"recipe file not found: {path}")
+        return path
+    named = RECIPES_DIR / f"{recipe}.yaml"
+    if not named.is_file():
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise FtlError(f"unknown recipe '{recipe}'{did_you_mean(str(recipe), names)}; recipes: {', '.join(names)}")
+    return named
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML recipe; a top-level `base: NAME` inherits from another recipe (deep-merged)."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FtlError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise FtlError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    _check_keys(data, str(path))
+    if base is None:
+        return data
+    base_path = resolve_recipe(base)
+    if base_path.resolve() in seen:
+        raise FtlError(f"{path}: recipe 'base: {base}' makes a cycle")
+    merged = OmegaConf.merge(_read_recipe(base_path, (*seen, path.resolve())), data)
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Hydra-style `a.b=value` strings -> a nested dict (values parsed as YAML: 3, 1e-3, [1,2], null)."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise FtlError(f"override '{item}' is not of the form key=value (e.g. optim.lr=1e-3)")
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise FtlError(f"overrides: {str(e).splitlines()[0]}") from None
+    _check_keys(parsed, "override")  # type: ignore[arg-type]
+    return parsed  # type: ignore[return-value]
+
+
+def build(values: list[dict[str, Any]], source: str = "config") -> DictConfig:
+    """Merge plain dicts onto the schema and validate types, choices and ranges."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        for v in values:
+            cfg = OmegaConf.merge(cfg, v)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "?"
+        raise FtlError(f"{source}: {key}: {str(e).splitlines()[0]}") from None
+    validate(cfg, source)
+    return cfg  # type: ignore[return-value]
+
+
+def validate(cfg: DictConfig, source: str = "config") -> None:
+    """Check required keys, choices and ranges; raise one FtlError listing every problem."""
+    problems = []
+    for key in OmegaConf.missing_keys(cfg):
+        problems.append(f"{key} is required (set it in the recipe or as {key}=...)")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            problems.append(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    for key, (lo, hi) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if not lo <= value <= hi:
+            problems.append(f"{key}={value!r} must be between {lo} and {hi}")
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value <= 0:
+            problems.append(f"{key}={value!r} must be > 0")
+    scale = list(cfg.augment.scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        problems.append(f"augment.scale={scale} must be [min, max] with 0 < min <= max <= 1")
+    if problems:
+        raise FtlError(f"{source}: " + "; ".join(problems))
+
+
+def load(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """Load a recipe by name or path, apply `key=value` overrides, validate, and return the Config."""
+    path = resolve_recipe(recipe)
+    return build([_read_recipe(path), parse_overrides(overrides or [])], source=str(path))
+
+
+def save(cfg: DictConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from core.fileio import write_text_atomic
+
+    write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def from_yaml(path: str | Path) -> DictConfig:
+    """Re-load a config saved by `save` (e.g. from a run dir or export)."""
+    return build([OmegaConf.to_container(OmegaConf.load(path))], source=str(path))  # type: ignore[list-item]

@@ -1,0 +1,122 @@
+"""Build a timm backbone with a task head, load pretrained weights, and freeze parts of it.
+
+The head is always replaced for the task's class count: a linear layer or a dense MLP head (timm's `Mlp`).
+Freezing works on module names, so it fits any timm model: `backbone` freezes all but the head, a name such as
+`blocks.3` (or `layer2`, `stem`...) freezes every parameter up to and including that module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+from torch import nn
+
+from core import zoo
+from core.errors import FtlError, did_you_mean
+
+
+@dataclass
+class ParamCounts:
+    trainable: int
+    frozen: int
+
+    def __str__(self) -> str:
+        total = self.trainable + self.frozen
+        return f"{self.trainable:,} trainable / {self.frozen:,} frozen parameters ({total:,} total)"
+
+
+def check_model_name(name: str) -> None:
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        raise FtlError(f"unknown timm model '{name}'{did_you_mean(arch, timm.list_models())}")
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    pretrained: str | None = None,
+    head: str = "linear",
+    head_hidden: int = 512,
+    head_dropout: float = 0.0,
+    drop_path_rate: float = 0.0,
+) -> tuple[nn.Module, str]:
+    """A timm model with weights from `pretrained` (see core/zoo.py) and a fresh head; returns (model, source)."""
+    check_model_name(name)
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    try:
+        model = timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
+    except TypeError as e:
+        raise FtlError(f"model {name} does not accept {kwargs}: {e}") from None
+    source = "random init (no model.pretrained)"
+    if pretrained:
+        source = zoo.load_pretrained(model, name, pretrained)
+    replace_head(model, num_classes, head, head_hidden, head_dropout)
+    return model, source
+
+
+def replace_head(model: nn.Module, num_classes: int, kind: str, hidden: int, dropout: float) -> None:
+    """Swap the classifier for the task: linear (timm reset_classifier) or Dropout-Linear-GELU-Dropout-Linear."""
+    model.reset_classifier(num_classes)
+    prefixes = zoo.classifier_prefixes(model)
+    if len(prefixes) != 1:
+        raise FtlError(f"{type(model).__name__} has {len(prefixes)} classifier heads; only single-head models supported")
+    path = prefixes[0].rstrip(".")
+    old = model.get_submodule(path)
+    in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
+    if kind == "mlp":
+        new: nn.Module = timm.layers.Mlp(in_features, hidden, num_classes, act_layer=nn.GELU, drop=dropout)
+        new = nn.Sequential(nn.Dropout(dropout), new) if dropout else new
+    elif dropout:
+        new = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    else:
+        return
+    model.set_submodule(path, new)
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """Module names usable as a freeze point: top-level children and their direct children (e.g. blocks.3)."""
+    names = []
+    for name, child in model.named_children():
+        names.append(name)
+        names += [f"{name}.{sub}" for sub, _ in child.named_children()]
+    return names
+
+
+def freeze(model: nn.Module, spec: str, train_bn: bool = True) -> ParamCounts:
+    """Freeze by spec: 'none', 'backbone' (all but the head) or up to and including a named module."""
+    heads = zoo.classifier_prefixes(model)
+    params = list(model.named_parameters())
+    if spec == "none":
+        cut = 0
+    elif spec == "backbone":
+        cut = max((i + 1 for i, (n, _) in enumerate(params) if not n.startswith(heads)), default=0)
+    else:
+        modules = dict(model.named_modules())
+        if spec not in modules or spec.startswith(heads) or not spec:
+            valid = [n for n in stage_names(model) if not (n + ".").startswith(heads)]
+            raise FtlError(
+                f"model.freeze={spec!r}: no such module{did_you_mean(spec, valid)}; "
+                f"use none, backbone or one of: {', '.join(valid[:30])}"
+            )
+        prefix = spec + "."
+        cut = max((i + 1 for i, (n, _) in enumerate(params) if n.startswith(prefix)), default=0)
+    bn_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
+    for i, (_, p) in enumerate(params):
+        frozen = i < cut and not (train_bn and id(p) in bn_params)
+        p.requires_grad_(not frozen)
+    return count_params(model)
+
+
+def count_params(model: nn.Module) -> ParamCounts:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return ParamCounts(trainable, frozen)
+
+
+def set_frozen_bn_eval(model: nn.Module) -> None:
+    """BatchNorm layers whose parameters are all frozen keep their running statistics (call after model.train())."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.affine:
+            if not any(p.requires_grad for p in m.parameters()):
+                m.eval()

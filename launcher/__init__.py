@@ -1,0 +1,1 @@
+"""ftl launcher: sweeps, clusters, executors, the sweep manifest and the `ftl` CLI."""
