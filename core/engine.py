@@ -8,6 +8,7 @@ output dir) is checked before the run dir is written.
 from __future__ import annotations
 
 import math
+import sys
 import os
 import time
 from collections.abc import Callable
@@ -247,4 +248,4 @@ def _progress(total: int, state: ckpt.TrainerState, epochs: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{epochs}",
-                disable=not enabled, leave=False, dynamic_ncols=True)  # fmt: skip
+                disable=not (enabled and sys.stderr.isatty()), leave=False, dynamic_ncols=True)  # fmt: skip

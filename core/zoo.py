@@ -172,6 +172,20 @@ def _full_state_dict(model_name: str) -> dict[str, torch.Tensor]:
     return timm.create_model(model_name, pretrained=False).state_dict()
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Quick check before timm's downloader, which retries for about a minute when there is no network."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_from_hub(model: nn.Module, model_name: str, tag: str) -> str:
     """A timm hub tag such as `resnet50.a1_in1k` (needs a network)."""
     import timm
@@ -179,13 +193,12 @@ def _load_from_hub(model: nn.Module, model_name: str, tag: str) -> str:
     full = tag if "." in tag else f"{model_name}.{tag}"
     if full.split(".")[0] != model_name.split(".")[0]:
         raise FtlError(f"model.pretrained={tag} is for {full.split('.')[0]}; set model.name to match")
+    offline = f"offline, use a weight file, an ftl run dir or one of: {', '.join(OFFLINE_ZOO)}"
+    if not hub_reachable():
+        raise FtlError(f"model.pretrained={tag}: the Hugging Face hub is not reachable from here; {offline}")
     try:
         src = timm.create_model(full, pretrained=True)
     except Exception as e:
-        offline = ", ".join(OFFLINE_ZOO)
-        raise FtlError(
-            f"model.pretrained={tag}: could not fetch '{full}' from the hub ({type(e).__name__}); "
-            f"offline, use a weight file or one of: {offline}"
-        ) from None
+        raise FtlError(f"model.pretrained={tag}: could not fetch '{full}' ({type(e).__name__}); {offline}") from None
     n = load_backbone(model, src.state_dict(), f"hub {full}")
     return f"hub {full}: {n} tensors"
