@@ -64,13 +64,15 @@ def create_schedule(
 ) -> UpdateSchedule:
     """onecycle: torch OneCycleLR (fastai's shape: /25 warmup, cosine anneal, momentum cycled);
     cosine: timm's cosine with linear warmup; constant: the optimizer's lr throughout."""
-    if name == "onecycle":
+    if name == "onecycle" and total_updates >= 3:
+        # Keep both phases at least a step long: OneCycleLR divides by each phase's length.
+        pct_start = min(max(pct_start, 1.5 / total_updates), 1 - 1.5 / total_updates)
         defaults = optimizer.defaults
         cycle_momentum = "betas" in defaults or defaults.get("momentum", 0) > 0
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=max(total_updates, 1),
+            total_steps=total_updates,
             pct_start=pct_start,
             div_factor=25.0,
             final_div_factor=1e5,
@@ -91,6 +93,6 @@ def create_schedule(
             updates_per_epoch=max(updates_per_epoch, 1),
         )
         return UpdateSchedule(sched, timm_style=True)
-    if name == "constant":
+    if name in ("constant", "onecycle"):  # onecycle over < 3 updates has no shape: constant
         return UpdateSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), timm_style=False)
     raise FtlError(f"schedule.name={name!r}: use onecycle, cosine or constant")
