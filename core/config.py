@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from core.errors import FtlError, did_you_mean
@@ -29,8 +29,8 @@ class ModelConfig:
     head_hidden: int = 512  # mlp head: hidden width
     head_dropout: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0
-    freeze: str = "none"  # none | backbone | a module name (freeze up to and including it, e.g. blocks.3)
-    train_bn: bool = True  # keep BatchNorm layers in frozen parts trainable (fastai's train_bn)
+    freeze: str = "none"  # never trained: none | backbone | a module name (up to and including it, e.g. blocks.3)
+    act_layer: str | None = None  # swap the activation where the architecture takes one (mish, leaky_relu, ...)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
 
@@ -41,7 +41,7 @@ class DataConfig:
     val_dir: str | None = None  # ImageFolder root of validation images; None -> seeded stratified split
     val_split: float = 0.2  # fraction of train_dir held out when val_dir is None
     num_classes: int | None = None  # optional check against the class folders found
-    image_size: int = 224
+    image_size: Any = 224  # int, or progressive resizing: [64, 96] (equal parts) or [[0, 64], [3, 96]] (from epoch)
     crop_pct: float = 0.875  # validation: resize to image_size / crop_pct, then center crop
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # default: 2 x batch_size
@@ -53,20 +53,55 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop area range
+    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop (zoom) area range
     ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
-    hflip: float = 0.5
+    hflip: float = 0.5  # probabilities
     vflip: float = 0.0
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    rotate: float = 0.0  # degrees, +-
+    shear: float = 0.0  # degrees, +-
+    translate: float = 0.0  # shift, fraction of the image size
+    color_jitter: float = 0.0  # shorthand: brightness = contrast = saturation = this
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # <= 0.5
+    channel_shift: float = 0.0  # per-channel additive shift, fraction of the value range
+    grayscale: float = 0.0  # probability
+    policy: str | None = None  # rand-m9-mstd0.5 | augmix-m5-w4-d2 | v0 / original (AutoAugment) | trivial
+    random_erasing: float = 0.0  # probability (Cutout with erasing_mode=const)
+    erasing_mode: str = "random"  # random | const
+    mixup: float = 0.0  # MixUp alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    mix_prob: float = 1.0  # probability of mixing a batch
+    switch_prob: float = 0.5  # with both on: probability of CutMix instead of MixUp
     label_smoothing: float = 0.1
 
 
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # any timm optimizer name (sgd, adamw, radam, lookahead_adamw, ...) or ranger
-    lr: float = 1e-3  # peak learning rate (per-process batch; not rescaled)
+    lr: Any = 1e-3  # peak LR of the head; [low, high] spreads it over the stages; auto runs the LR finder
+    lr_spread: float = 1.0  # discriminative LRs: the stem gets lr / lr_spread, geometric in between
+    layer_decay: float | None = None  # timm-style layer-wise LR decay (instead of lr_spread)
+    no_decay_norm_bias: bool = True  # no weight decay on norms and biases
     weight_decay: float = 0.05
     momentum: float = 0.9
+
+
+@dataclass
+class LRFindConfig:
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_steps: int = 100
+    suggestion: str = "valley"  # valley | minimum | steepest
+
+
+@dataclass
+class FinetuneConfig:
+    strategy: str = "full"  # full | linear-probe | freeze-then-unfreeze | gradual
+    freeze_epochs: int = 1  # freeze-then-unfreeze: epochs with only the head training
+    unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage (from the head down)
+    train_bn: bool = True  # BatchNorm in frozen stages keeps training (fastai); false: frozen with its statistics
 
 
 @dataclass
@@ -84,6 +119,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
     seed: int = 0
+    ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3) and validate it too
+    ema_decay: float = 0.998
     deterministic: bool = False  # torch deterministic algorithms; needed for bit-exact resume
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
     keep_checkpoints: int = 2
@@ -107,7 +144,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -119,6 +158,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.loader": ("torch", "ffcv", "auto"),
     "schedule.name": ("onecycle", "cosine", "constant"),
     "train.precision": ("no", "bf16", "fp16"),
+    "finetune.strategy": ("full", "linear-probe", "freeze-then-unfreeze", "gradual"),
+    "lr_find.suggestion": ("valley", "minimum", "steepest"),
+    "augment.erasing_mode": ("random", "const"),
 }
 # Keys whose value must lie in a closed range [lo, hi].
 RANGES: dict[str, tuple[float, float]] = {
@@ -127,9 +169,16 @@ RANGES: dict[str, tuple[float, float]] = {
     "augment.hflip": (0.0, 1.0),
     "augment.vflip": (0.0, 1.0),
     "augment.label_smoothing": (0.0, 0.99),
+    "augment.grayscale": (0.0, 1.0),
+    "augment.random_erasing": (0.0, 1.0),
+    "augment.mix_prob": (0.0, 1.0),
+    "augment.switch_prob": (0.0, 1.0),
+    "augment.hue": (0.0, 0.5),
+    "augment.translate": (0.0, 1.0),
+    "train.ema_decay": (0.0, 1.0),
     "schedule.pct_start": (0.0, 1.0),
 }
-POSITIVE = ("data.image_size", "data.batch_size", "train.epochs", "train.grad_accum_steps", "optim.lr")
+POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every")
 
 
 @functools.cache
@@ -244,8 +293,40 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     scale = list(cfg.augment.scale)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         problems.append(f"augment.scale={scale} must be [min, max] with 0 < min <= max <= 1")
+    problems += _check_lr(cfg.optim.lr) + _check_image_size(cfg.data.image_size)
+    if cfg.optim.lr_spread < 1:
+        problems.append(f"optim.lr_spread={cfg.optim.lr_spread} must be >= 1 (the stem gets lr / lr_spread)")
     if problems:
         raise FtlError(f"{source}: " + "; ".join(problems))
+
+
+def _check_lr(lr: Any) -> list[str]:
+    if lr == "auto" or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
+        return []
+    if isinstance(lr, (list, ListConfig)) and len(lr) == 2 and all(isinstance(x, (int, float)) for x in lr):
+        if 0 < lr[0] <= lr[1]:
+            return []
+    return [f"optim.lr={lr!r} must be a number > 0, [low, high] with 0 < low <= high, or auto"]
+
+
+def _check_image_size(size: Any) -> list[str]:
+    from core.data.resize import image_size_at
+
+    try:
+        image_size_at(size, 0)
+        return []
+    except ValueError as e:
+        return [f"data.image_size={size!r}: {e}"]
+
+
+def lr_plan(cfg: DictConfig) -> tuple[float | None, float]:
+    """(peak LR or None for auto, spread): `lr: [low, high]` is peak high with spread high / low."""
+    lr = cfg.optim.lr
+    if lr == "auto":
+        return None, cfg.optim.lr_spread
+    if isinstance(lr, (list, ListConfig)):
+        return float(lr[1]), float(lr[1]) / float(lr[0])
+    return float(lr), cfg.optim.lr_spread
 
 
 def load(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:

@@ -7,12 +7,13 @@ output dir) is checked before the run dir is written.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from core import checkpoint as ckpt
 from core import config as config_lib
-from core.data.datasets import build_datasets, build_loaders
-from core.data.transforms import eval_transform, train_transform
+from core import lr_finder
+from core.config import AugmentConfig
+from core.data.datasets import DataSplits, build_datasets, build_loaders
+from core.data.resize import image_size_at
+from core.data.transforms import augment_config, batch_mixer, eval_transform, train_transform
 from core.errors import FtlError
-from core.models import build_model, freeze, set_frozen_bn_eval
-from core.optim import create_optimizer, create_schedule
+from core.fileio import write_json_atomic
+from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
+from core.models import build_model, count_params, freeze, set_frozen_bn_eval
+from core.optim import PhasedSchedule, create_optimizer, param_group_table
 from core.tracking import JsonlLogger, truncate_after
 
 
-def create_accelerator(precision: str, grad_accum_steps: int, seed: int):
-    from accelerate import Accelerator, DataLoaderConfiguration
+def create_accelerator(precision: str, grad_accum_steps: int, seed: int, find_unused: bool = False):
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 
     return Accelerator(
         mixed_precision=precision,
@@ -40,6 +46,8 @@ def create_accelerator(precision: str, grad_accum_steps: int, seed: int):
         # A seedable sampler makes the shuffle order a function of (seed, epoch): needed for mid-epoch resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
         step_scheduler_with_optimizer=False,  # the schedule is stepped by hand, once per update
+        # Phases freeze stages after DDP wrapping: DDP must then expect parameters without gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
     )
 
 
@@ -66,13 +74,16 @@ def choose_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
     return run_dir
 
 
-def train_step(accelerator, model, batch, criterion, optimizer, schedule, clip_grad_norm: float | None, channels_last=False):
-    """One micro-batch: forward, backward, and on accumulation boundaries clip + optimizer step + LR step."""
+def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_grad_norm: float | None,
+               channels_last: bool = False, mixer: Callable | None = None):  # fmt: skip
+    """One micro-batch: (mix,) forward, backward, and on accumulation boundaries clip + optimizer step + LR step."""
     images, targets = batch
+    if mixer is not None and len(images) % 2 == 0:  # timm's batch Mixup pairs samples: needs an even batch
+        images, targets = mixer(images, targets)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with accelerator.accumulate(model):
-        loss = criterion(model(images), targets)
+        loss = loss_fn(model(images), targets)
         accelerator.backward(loss)
         if accelerator.sync_gradients and clip_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
@@ -103,6 +114,70 @@ def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[st
     return {"val_loss": mean(losses), "val_top1": mean(top1), "val_top5": mean(top5), "val_n": n}
 
 
+@dataclass
+class Parts:
+    """Everything built from the config before training; building it raises every user-fixable error."""
+
+    model: torch.nn.Module
+    source: str  # where the weights came from
+    splits: DataSplits
+    stages: list[list[str]]  # parameter names per coarse stage (stem .. head)
+    always_frozen: set[str]  # frozen by model.freeze, never trained
+    phases: list[Phase]
+    optimizer: torch.optim.Optimizer
+    mean: list[float]
+    std: list[float]
+    augment: AugmentConfig
+
+
+def build_parts(cfg: DictConfig) -> Parts:
+    d, m, t, f = cfg.data, cfg.model, cfg.train, cfg.finetune
+    splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
+    model, source = build_model(m.name, len(splits.classes), m.pretrained, m.head, m.head_hidden, m.head_dropout,
+                                m.drop_path_rate, m.act_layer)  # fmt: skip
+    freeze(model, m.freeze, f.train_bn)
+    always_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    stages = stage_groups(model)
+    phases = plan_phases(f.strategy, t.epochs, len(stages), f.freeze_epochs, f.unfreeze_every)
+    peak, spread = config_lib.lr_plan(cfg)
+    o = cfg.optim
+    optimizer = create_optimizer(model, o.name, peak or 1e-3, o.weight_decay, o.momentum, stages, spread,
+                                 o.layer_decay, o.no_decay_norm_bias)  # fmt: skip
+    mean = list(d.mean or model.pretrained_cfg["mean"])
+    std = list(d.std or model.pretrained_cfg["std"])
+    augment = augment_config(cfg.augment)
+    splits.train.transform = train_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, augment)
+    splits.val.transform = eval_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, d.crop_pct)
+    return Parts(model, source, splits, stages, always_frozen, phases, optimizer, mean, std, augment)
+
+
+def set_image_size(parts: Parts, size: int, crop_pct: float) -> None:
+    """Progressive resizing: new transforms take effect in the next epoch's (freshly started) loader workers."""
+    parts.splits.train.transform = train_transform(size, parts.mean, parts.std, parts.augment)
+    parts.splits.val.transform = eval_transform(size, parts.mean, parts.std, crop_pct)
+
+
+def make_loss(label_smoothing: float) -> Callable:
+    """Cross-entropy for class targets (with label smoothing) and for MixUp/CutMix soft targets."""
+    from timm.loss import SoftTargetCrossEntropy
+
+    hard, soft = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing), SoftTargetCrossEntropy()
+    return lambda logits, targets: soft(logits, targets) if targets.ndim == 2 else hard(logits, targets)
+
+
+def prepare(accelerator, cfg: DictConfig, parts: Parts):
+    """Loaders, channels_last / compile, and Accelerate's prepare (DDP wrapping happens here)."""
+    d, m = cfg.data, cfg.model
+    train_loader, val_loader = build_loaders(parts.splits, d.batch_size, d.eval_batch_size, d.num_workers,
+                                             cfg.train.seed, pin_memory=accelerator.device.type == "cuda")  # fmt: skip
+    model = parts.model
+    if m.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if m.compile:
+        model = torch.compile(model)
+    return accelerator.prepare(model, parts.optimizer, train_loader, val_loader)
+
+
 def fit(
     cfg: DictConfig,
     run_dir: str | Path | None = None,
@@ -110,7 +185,8 @@ def fit(
 ) -> dict[str, Any]:
     """Train cfg to the end (or until should_stop() says so, after a checkpoint); returns the run's result."""
     config_lib.validate(cfg)
-    accelerator = create_accelerator(cfg.train.precision, cfg.train.grad_accum_steps, cfg.train.seed)
+    accelerator = create_accelerator(cfg.train.precision, cfg.train.grad_accum_steps, cfg.train.seed,
+                                     find_unused=cfg.finetune.strategy != "full")  # fmt: skip
     try:
         return _fit(accelerator, cfg, run_dir, should_stop)
     finally:
@@ -118,42 +194,43 @@ def fit(
         release_accelerator()
 
 
-def _fit(accelerator, cfg: DictConfig, run_dir, should_stop) -> dict[str, Any]:
-    from accelerate.utils import broadcast_object_list, set_seed
+def seed_everything(cfg: DictConfig) -> None:
+    from accelerate.utils import set_seed
 
-    say = accelerator.print
     if cfg.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
 
-    # --- setup: every user-fixable problem surfaces here, before anything is written ---
+
+def _fit(accelerator, cfg: DictConfig, run_dir, should_stop) -> dict[str, Any]:
+    from accelerate.utils import broadcast_object_list
+    from timm.utils import ModelEmaV3
+
+    say = accelerator.print
     d, m, t = cfg.data, cfg.model, cfg.train
-    splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
-    model, source = build_model(m.name, len(splits.classes), m.pretrained, m.head, m.head_hidden, m.head_dropout,
-                                m.drop_path_rate)  # fmt: skip
-    counts = freeze(model, m.freeze, m.train_bn)
-    mean = list(d.mean or model.pretrained_cfg["mean"])
-    std = list(d.std or model.pretrained_cfg["std"])
-    a = cfg.augment
-    splits.train.transform = train_transform(d.image_size, mean, std, a.scale, a.ratio, a.hflip, a.vflip, a.color_jitter)
-    splits.val.transform = eval_transform(d.image_size, mean, std, d.crop_pct)
-    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum)
+    seed_everything(cfg)
+
+    # --- setup: every user-fixable problem surfaces here, before anything is written ---
+    parts = build_parts(cfg)
     run_dir = broadcast_object_list([choose_run_dir(cfg, run_dir) if accelerator.is_main_process else None])[0]
     resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
-
-    train_loader, val_loader = build_loaders(splits, d.batch_size, d.eval_batch_size, d.num_workers, t.seed,
-                                             pin_memory=accelerator.device.type == "cuda")  # fmt: skip
-    if m.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if m.compile:
-        model = torch.compile(model)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    model, optimizer, train_loader, val_loader = prepare(accelerator, cfg, parts)
+    unwrapped = accelerator.unwrap_model(model)
+    loss_fn = make_loss(cfg.augment.label_smoothing)
+    peak, _ = config_lib.lr_plan(cfg)
+    if peak is None and resume_from is None:  # optim.lr: auto
+        peak = _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir)
+    elif peak is None:
+        peak = json.loads((run_dir / "lr_find.json").read_text())["chosen"]
     updates_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
     s = cfg.schedule
-    schedule = create_schedule(optimizer, s.name, updates_per_epoch * t.epochs, updates_per_epoch, s.warmup_epochs,
-                               s.pct_start, s.min_lr)  # fmt: skip
+    schedule = PhasedSchedule(optimizer, s.name, peak, [p.epochs * updates_per_epoch for p in parts.phases],
+                              updates_per_epoch, s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
     accelerator.register_for_checkpointing(schedule)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=a.label_smoothing)
+    ema = ModelEmaV3(unwrapped, decay=t.ema_decay) if t.ema else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    mixer = batch_mixer(parts.augment, len(parts.splits.classes))
 
     # --- the run dir: config, metrics, checkpoints, exports ---
     state = ckpt.TrainerState()
@@ -167,35 +244,48 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop) -> dict[str, Any]:
             truncate_after(run_dir / "metrics.jsonl", state.global_step)
     accelerator.wait_for_everyone()
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
-    export_meta = {"model": m.name, "classes": splits.classes, "num_classes": len(splits.classes), "head": m.head,
-                   "image_size": d.image_size, "mean": mean, "std": std, "config": OmegaConf.to_container(cfg)}  # fmt: skip
+    export_meta = {"model": m.name, "classes": parts.splits.classes, "num_classes": len(parts.splits.classes),
+                   "head": m.head, "mean": parts.mean, "std": parts.std, "config": OmegaConf.to_container(cfg)}  # fmt: skip
 
-    say(f"ftl: model {m.name} from {source}")
-    say(f"ftl: {counts}")
-    say(f"ftl: data {len(splits.train)} train / {len(splits.val)} val images, {len(splits.classes)} classes; "
-        f"{accelerator.num_processes} process(es) on {accelerator.device.type}, precision {t.precision}")  # fmt: skip
+    say(f"ftl: model {m.name} from {parts.source}")
+    say(f"ftl: data {len(parts.splits.train)} train / {len(parts.splits.val)} val images, "
+        f"{len(parts.splits.classes)} classes; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
+        f"precision {t.precision}")  # fmt: skip
+    say("ftl: parameter groups (peak LRs)\n" + param_group_table(optimizer, {id(p): n for n, p in unwrapped.named_parameters()}))
     say(f"ftl: run dir {run_dir}" + (f" (resuming {resume_from.name}, epoch {state.epoch + 1})" if resume_from else ""))
 
     # --- the loop ---
     metrics: dict[str, float] = {}
     stop_flag = torch.zeros(1, device=accelerator.device)
+    size, phase = None, None
     while state.epoch < t.epochs:
+        if phase != (new_phase := parts.phases[phase_at(parts.phases, state.epoch)]):
+            phase = new_phase
+            apply_phase(unwrapped, parts.stages, phase, parts.always_frozen, cfg.finetune.train_bn)
+            say(f"ftl: epoch {state.epoch + 1}: stages {phase.first_trainable_stage}..{len(parts.stages) - 1} of "
+                f"0..{len(parts.stages) - 1} train; {count_params(unwrapped)}")  # fmt: skip
+        if size != (new := image_size_at(d.image_size, state.epoch, t.epochs)):
+            size = new
+            set_image_size(parts, size, d.crop_pct)
         train_loader.set_epoch(state.epoch)
-        splits.train.set_epoch(state.epoch)
+        parts.splits.train.set_epoch(state.epoch)
         loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
         model.train()
-        set_frozen_bn_eval(model)
+        set_frozen_bn_eval(unwrapped)
         bar = _progress(len(train_loader), state, t.epochs, accelerator.is_main_process)
         loss_sum, loss_n, started = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
         for batch in loader:
-            loss = train_step(accelerator, model, batch, criterion, optimizer, schedule, t.clip_grad_norm, m.channels_last)
+            loss = train_step(accelerator, model, batch, loss_fn, optimizer, schedule, t.clip_grad_norm,
+                              m.channels_last, mixer)  # fmt: skip
             state.step_in_epoch += 1
             state.global_step += 1
             loss_sum += loss
             loss_n += 1
             bar.update(1)
             if not accelerator.sync_gradients:
-                continue  # checkpoints and stops only happen on update boundaries
+                continue  # EMA, logs, checkpoints and stops only happen on update boundaries
+            if ema is not None:
+                ema.update(unwrapped, step=schedule.updates)
             if state.global_step % t.log_every_steps == 0:
                 train_loss = (loss_sum / loss_n).item()  # a device sync: only every log_every_steps
                 lr = optimizer.param_groups[-1]["lr"]
@@ -215,29 +305,70 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop) -> dict[str, Any]:
         epoch_time = time.perf_counter() - started
         train_loss = (loss_sum / max(loss_n, 1)).item()
         metrics = evaluate(accelerator, model, val_loader, m.channels_last)
+        if ema is not None:
+            metrics.update({f"val_ema_{k[4:]}": v for k, v in evaluate(accelerator, ema.module, val_loader).items()})
         state.epoch += 1
         state.step_in_epoch = 0
         is_best = metrics["val_top1"] > state.best_metric
         if is_best:
             state.best_metric, state.best_epoch = metrics["val_top1"], state.epoch
-        logger.log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss,
+        logger.log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "image_size": size,
                     "epoch_time_s": round(epoch_time, 3), **metrics})  # fmt: skip
         say(f"ftl: epoch {state.epoch}/{t.epochs} train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
-            f"top1 {metrics['val_top1']:.4f} top5 {metrics['val_top5']:.4f} ({epoch_time:.1f}s)")  # fmt: skip
+            f"top1 {metrics['val_top1']:.4f} top5 {metrics['val_top5']:.4f}"
+            + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if ema is not None else "") + f" ({epoch_time:.1f}s)")  # fmt: skip
         if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            meta = {**export_meta, "epoch": state.epoch, "step": state.global_step}
+            meta = {**export_meta, "image_size": size, "epoch": state.epoch, "step": state.global_step}
             ckpt.export_weights(unwrapped, run_dir / "export", "last", {**meta, "metrics": metrics})
             if is_best:
                 ckpt.export_weights(unwrapped, run_dir / "export", "best", {**meta, "metrics": metrics})
+            if ema is not None:
+                ckpt.export_weights(ema.module, run_dir / "export", "ema", {**meta, "metrics": metrics})
         ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
     logger.close()
     result = _result("completed", run_dir, state, metrics)
     if accelerator.is_main_process:
-        from core.fileio import write_json_atomic
-
         write_json_atomic(run_dir / "result.json", result)
     return result
+
+
+def _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir: Path) -> float:
+    """optim.lr: auto - run the LR finder (model and optimizer restored after), keep its plot and choice."""
+    lf = cfg.lr_find
+    train_loader.set_epoch(0)
+    result = lr_finder.lr_range_test(accelerator, model, optimizer, train_loader, loss_fn, lf.start_lr, lf.end_lr,
+                                     lf.num_steps)  # fmt: skip
+    chosen = lr_finder.choose(result, lf.suggestion)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lr_finder.save(result, run_dir, mark=lf.suggestion)
+        data = json.loads((run_dir / "lr_find.json").read_text())
+        write_json_atomic(run_dir / "lr_find.json", {**data, "chosen": chosen})
+    accelerator.print(f"ftl: optim.lr=auto -> {lf.suggestion} {chosen:.2e} (plot: {run_dir / 'lr_find.png'})")
+    return chosen
+
+
+def find_lr(cfg: DictConfig, out_dir: str | Path) -> lr_finder.LRFindResult:
+    """`ftl lr-find`: the LR range test on the recipe's model and data; writes lr_find.{json,png} to out_dir."""
+    config_lib.validate(cfg)
+    accelerator = create_accelerator(cfg.train.precision, 1, cfg.train.seed)
+    try:
+        seed_everything(cfg)
+        parts = build_parts(cfg)
+        out_dir = Path(out_dir)
+        model, optimizer, train_loader, _ = prepare(accelerator, cfg, parts)
+        phase = parts.phases[0]
+        apply_phase(accelerator.unwrap_model(model), parts.stages, phase, parts.always_frozen, cfg.finetune.train_bn)
+        train_loader.set_epoch(0)
+        lf = cfg.lr_find
+        result = lr_finder.lr_range_test(accelerator, model, optimizer, train_loader, make_loss(
+            cfg.augment.label_smoothing), lf.start_lr, lf.end_lr, lf.num_steps)  # fmt: skip
+        if accelerator.is_main_process:
+            lr_finder.save(result, out_dir, mark=lf.suggestion)
+        return result
+    finally:
+        accelerator.end_training()
+        release_accelerator()
 
 
 def _result(status: str, run_dir: Path, state: ckpt.TrainerState, metrics: dict[str, float]) -> dict[str, Any]:

@@ -40,10 +40,19 @@ def build_model(
     head_hidden: int = 512,
     head_dropout: float = 0.0,
     drop_path_rate: float = 0.0,
+    act_layer: str | None = None,
 ) -> tuple[nn.Module, str]:
-    """A timm model with weights from `pretrained` (see core/zoo.py) and a fresh head; returns (model, source)."""
+    """A timm model with weights from `pretrained` (see core/zoo.py) and a fresh head; returns (model, source).
+    act_layer swaps the activation (timm names: mish, leaky_relu, silu, ...) where the architecture takes one."""
     check_model_name(name)
-    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    kwargs: dict = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    if act_layer:
+        from timm.layers import get_act_layer
+
+        try:
+            kwargs["act_layer"] = get_act_layer(act_layer)
+        except (KeyError, ValueError, AssertionError):
+            raise FtlError(f"model.act_layer={act_layer!r} is not a timm activation (e.g. mish, leaky_relu, silu)") from None
     try:
         model = timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
     except TypeError as e:

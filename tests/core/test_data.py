@@ -6,6 +6,7 @@ from PIL import Image
 from core.data import bundled
 from core.data.datasets import build_datasets, stratified_split
 from core.data.transforms import eval_transform, train_transform
+from core.config import AugmentConfig
 from core.errors import FtlError
 
 
@@ -55,7 +56,7 @@ def test_split_from_train_dir_only(lfw):
 
 
 def test_transforms_shapes_and_seeded_augmentation(lfw):
-    t = train_transform(48, [0.5] * 3, [0.5] * 3, hflip=0.5, color_jitter=0.3)
+    t = train_transform(48, [0.5] * 3, [0.5] * 3, AugmentConfig(hflip=0.5, color_jitter=0.3))
     s = build_datasets(str(lfw / "train"), str(lfw / "val"), t, eval_transform(48, [0.5] * 3, [0.5] * 3))
     x, y = s.train[3]
     assert x.shape == (3, 48, 48) and y in (0, 1)
