@@ -43,8 +43,9 @@ def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
     valley = lrs[min(n - 1, best_start + int(third) + int(third / 2))]
     minimum = lrs[min(range(n), key=losses.__getitem__)] / 10
     logs = [math.log10(x) for x in lrs]
-    slopes = [(losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, n - 1)]
-    steepest = lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
+    skip = max(1, n // 10)  # the first points carry the moving average's warm-up noise
+    slopes = {i: (losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(skip, n - 1)}
+    steepest = lrs[min(slopes, key=slopes.__getitem__)]
     return {"valley": valley, "minimum": minimum, "steepest": steepest}
 
 

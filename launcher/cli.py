@@ -33,11 +33,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from core import config, engine
+
+    cfg = config.load(args.recipe, args.overrides)
+    result = engine.find_lr(cfg, args.out)
+    for name, lr in result.suggestions.items():
+        print(f"ftl: {name:9s} {lr:.2e}" + ("  <- optim.lr" if name == cfg.lr_find.suggestion else ""))
+    stop = "diverged" if result.diverged else "reached lr_find.end_lr"
+    print(f"ftl: {len(result.lrs)} steps ({stop}); plot and data in {args.out}/lr_find.png, lr_find.json")
+    return 0 if result.suggestions else 1
+
+
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from core import config
+    from core.preview import augment_grid
+
+    out = augment_grid(config.load(args.recipe, args.overrides), args.out, args.samples, args.repeats)
+    print(f"ftl: augmentation preview written to {out}")
+    return 0
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from core.data import bundled
 
     classes = parse_classes(args.classes) if args.classes else None
-    out = bundled.prepare(args.name, args.out, args.per_class, args.val_per_class, classes)
+    out = bundled.prepare(args.name, args.out, args.per_class, args.val_per_class, classes, args.val_first)
     print(f"ftl: {args.name} ready in {out} (train/ and val/ ImageFolder trees)")
     return 0
 
@@ -74,12 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where the run lives (default: train.output_dir/<name>-<time>)")
     train.set_defaults(func=cmd_train)
 
+    lr = verbs.add_parser("lr-find", help="LR range test: suggestions, plot and JSON")
+    lr.add_argument("recipe")
+    lr.add_argument("overrides", nargs="*")
+    lr.add_argument("--out", default="lr_find", help="directory for lr_find.png and lr_find.json")
+    lr.set_defaults(func=cmd_lr_find)
+
+    preview = verbs.add_parser("augment-preview", help="a grid picture of augmented training samples")
+    preview.add_argument("recipe")
+    preview.add_argument("overrides", nargs="*")
+    preview.add_argument("--out", default="augment_preview.png")
+    preview.add_argument("--samples", type=int, default=6, help="rows: training images")
+    preview.add_argument("--repeats", type=int, default=6, help="columns: augmentations of each")
+    preview.set_defaults(func=cmd_augment_preview)
+
     data = verbs.add_parser("data", help="datasets").add_subparsers(dest="data_verb", required=True)
     prep = data.add_parser("prepare", help="write a bundled real dataset as ImageFolder train/ and val/")
     prep.add_argument("name", help="fashion-mnist | lfw-subset")
     prep.add_argument("--out", required=True, help="output directory (must not exist yet)")
     prep.add_argument("--per-class", type=int, help="first N training images of each class")
     prep.add_argument("--val-per-class", type=int, help="first N validation images of each class")
+    prep.add_argument("--val-first", type=int, help="first N validation images overall (official order)")
     prep.add_argument("--classes", help="keep these class indices, e.g. 0-4 or 5,7,9")
     prep.set_defaults(func=cmd_data_prepare)
 

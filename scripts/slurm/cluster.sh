@@ -160,7 +160,13 @@ wait_nodes() {
 cmd_start() {
   [ "$(id -u)" -eq 0 ] || { say "ERROR: must run as root"; exit 1; }
   install_packages
-  mkdir -p "$S"; write_configs
+  mkdir -p "$S"
+  # Running daemons do not re-read changed configs (new nodes/ports need restarts): restart all.
+  local before; before=$(cat "$S"/*.conf 2>/dev/null | md5sum)
+  write_configs
+  if [ "$before" != "$(cat "$S"/*.conf | md5sum)" ] && pid_of "$S/slurmctld.pid" slurmctld >/dev/null; then
+    say "config changed, restarting daemons"; cmd_stop
+  fi
   start_munge
   start_mariadb
   start_slurmdbd
