@@ -162,7 +162,7 @@ cmd_start() {
   install_packages
   mkdir -p "$S"
   # Running daemons do not re-read changed configs (new nodes/ports need restarts): restart all.
-  local before; before=$(cat "$S"/*.conf 2>/dev/null | md5sum)
+  local before; before=$(cat "$S"/*.conf 2>/dev/null | md5sum || true)
   write_configs
   if [ "$before" != "$(cat "$S"/*.conf | md5sum)" ] && pid_of "$S/slurmctld.pid" slurmctld >/dev/null; then
     say "config changed, restarting daemons"; cmd_stop
@@ -202,6 +202,10 @@ cmd_status() {
   fi
 }
 
+# Serialise concurrent start/stop calls (e.g. several test sessions starting the cluster at once).
+if [ "${1:-}" = start ] || [ "${1:-}" = stop ]; then
+  mkdir -p "$S"; exec 9>"$S/.lock"; flock 9
+fi
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
