@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument("--data", default="data/bench-fmnist", help="where to prepare the task's data")
     p.add_argument("--json", help="also write all results here")
-    p.add_argument("overrides", nargs="*", help="extra key=value overrides for the default recipe (tuning)")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], help="key=value overrides for the default recipe")
     args = p.parse_args()
     torch.set_num_threads(2)
 

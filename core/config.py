@@ -228,7 +228,7 @@ def resolve_recipe(recipe: str | Path) -> Path:
     return named
 
 
-def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML recipe; a top-level `base: NAME` inherits from another recipe (deep-merged)."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -243,7 +243,7 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = resolve_recipe(base)
     if base_path.resolve() in seen:
         raise FtlError(f"{path}: recipe 'base: {base}' makes a cycle")
-    merged = OmegaConf.merge(_read_recipe(base_path, (*seen, path.resolve())), data)
+    merged = OmegaConf.merge(read_recipe(base_path, (*seen, path.resolve())), data)
     return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
@@ -332,7 +332,7 @@ def lr_plan(cfg: DictConfig) -> tuple[float | None, float]:
 def load(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
     """Load a recipe by name or path, apply `key=value` overrides, validate, and return the Config."""
     path = resolve_recipe(recipe)
-    return build([_read_recipe(path), parse_overrides(overrides or [])], source=str(path))
+    return build([read_recipe(path), parse_overrides(overrides or [])], source=str(path))
 
 
 def save(cfg: DictConfig, path: str | Path) -> None:

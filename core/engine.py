@@ -182,13 +182,16 @@ def fit(
     cfg: DictConfig,
     run_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train cfg to the end (or until should_stop() says so, after a checkpoint); returns the run's result."""
+    """Train cfg to the end; returns the run's result. should_stop() is polled after every update: when true, a
+    checkpoint is saved and the run returns 'interrupted' (resume continues it). on_epoch_end(epoch, metrics) is
+    called on the main process after each validation: when it returns true the run ends 'pruned' (early stopping)."""
     config_lib.validate(cfg)
     accelerator = create_accelerator(cfg.train.precision, cfg.train.grad_accum_steps, cfg.train.seed,
                                      find_unused=cfg.finetune.strategy != "full")  # fmt: skip
     try:
-        return _fit(accelerator, cfg, run_dir, should_stop)
+        return _fit(accelerator, cfg, run_dir, should_stop, on_epoch_end)
     finally:
         accelerator.end_training()
         release_accelerator()
@@ -202,7 +205,7 @@ def seed_everything(cfg: DictConfig) -> None:
     set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
 
 
-def _fit(accelerator, cfg: DictConfig, run_dir, should_stop) -> dict[str, Any]:
+def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> dict[str, Any]:
     from accelerate.utils import broadcast_object_list
     from timm.utils import ModelEmaV3
 
@@ -326,8 +329,18 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop) -> dict[str, Any]:
             if ema is not None:
                 ckpt.export_weights(ema.module, run_dir / "export", "ema", {**meta, "metrics": metrics})
         ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
+        if accelerator.is_main_process:
+            write_json_atomic(run_dir / "progress.json", {"epoch": state.epoch, "epochs": t.epochs,
+                              "best": state.best_metric, "best_epoch": state.best_epoch, **metrics})  # fmt: skip
+        prune = on_epoch_end(state.epoch, metrics) if on_epoch_end and accelerator.is_main_process else False
+        if broadcast_object_list([prune])[0] and state.epoch < t.epochs:
+            say(f"ftl: early-stopped after epoch {state.epoch}")
+            status = "pruned"
+            break
+    else:
+        status = "completed"
     logger.close()
-    result = _result("completed", run_dir, state, metrics)
+    result = _result(status, run_dir, state, metrics)
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "result.json", result)
     return result

@@ -1,42 +1,81 @@
-"""FineTuneJob: one fine-tuning trial as a picklable callable (submitit runs it on a node; the CLI runs it here).
+"""FineTuneJob: one fine-tuning trial as a picklable callable. submitit runs it on SLURM nodes (one task per GPU),
+the local executor and `ftl train` run it here.
 
-On SIGUSR2 (SLURM's warning before a time limit or preemption) or SIGTERM the engine is asked to stop at the
-next update boundary; it saves a checkpoint and returns, and `checkpoint()` hands submitit a resubmission that
-resumes the run exactly.
+- Distributed: under submitit with several tasks, RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT are
+  exported from SLURM (submitit's TorchDistributedEnvironment), so the engine's Accelerator joins the group with
+  no nested `accelerate launch`.
+- Preemption / time limit: SLURM sends USR2. The job asks the engine to stop at the next update boundary; the
+  engine saves an exact checkpoint on every rank; then submitit's own handler calls `checkpoint()` and requeues.
+  The requeued job finds the checkpoint in its run dir and resumes exactly.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 
 class FineTuneJob:
-    def __init__(self, config: dict[str, Any], run_dir: str | None = None):
-        self.config = config  # a plain dict: pickles without OmegaConf and survives version changes
+    def __init__(self, recipe: str, overrides: list[str], run_dir: str | None = None,
+                 early_stop: dict[str, Any] | None = None, env: dict[str, str] | None = None):  # fmt: skip
+        self.recipe = recipe
+        self.overrides = list(overrides)
         self.run_dir = run_dir
+        self.early_stop = early_stop  # {storage, study, metric, mode, min_epochs, reduction_factor}
+        self.env = dict(env or {})
         self._stop = False
 
     def __call__(self) -> dict[str, Any]:
         from core import config as config_lib
         from core import engine
 
-        cfg = config_lib.build([self.config], source="job config")
+        os.environ.update(self.env)
+        under_submitit = "SUBMITIT_EXECUTOR" in os.environ
+        if under_submitit:
+            _export_distributed_env()
+        cfg = config_lib.load(self.recipe, self.overrides)
         if self.run_dir and (Path(self.run_dir) / "checkpoints" / "latest.json").is_file():
-            cfg.resume = self.run_dir  # a requeued job continues where the last one stopped
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGUSR2,)}
+            cfg.resume = self.run_dir  # a requeued or resumed job continues where the last one stopped
+        reporter = None
+        if self.early_stop and os.environ.get("RANK", "0") == "0":
+            from jobs.early_stop import AshaReporter
+
+            reporter = AshaReporter(run_dir=self.run_dir, **self.early_stop)
+        previous = signal.signal(signal.SIGUSR2, self._request_stop)
         try:
-            return engine.fit(cfg, self.run_dir, should_stop=lambda: self._stop)
+            result = engine.fit(cfg, self.run_dir, should_stop=lambda: self._stop, on_epoch_end=reporter)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            signal.signal(signal.SIGUSR2, previous)
+        if reporter is not None:
+            reporter.finish(result)
+        if result["status"] == "interrupted" and callable(previous):
+            previous(signal.SIGUSR2, None)  # submitit: checkpoint() + requeue (rank 0), then exit
+            time.sleep(120)  # other ranks: wait to be ended by the requeue rather than finish as "done"
+        return result
 
     def _request_stop(self, signum, frame) -> None:
         self._stop = True
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        """submitit's requeue hook: resubmit this job; its run dir makes it resume from the latest checkpoint."""
+        """submitit's requeue hook: the same job again; its run dir makes it resume from the latest checkpoint."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(FineTuneJob(self.config, self.run_dir))
+        return submitit.helpers.DelayedSubmission(
+            FineTuneJob(self.recipe, self.overrides, self.run_dir, self.early_stop, self.env)
+        )
+
+
+def _export_distributed_env() -> None:
+    """Several SLURM tasks: export torch.distributed's env:// variables from SLURM's."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("ACCELERATE_USE_CPU", "1")  # gloo on CPU nodes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 
@@ -16,10 +17,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core import config
     from jobs.finetune import FineTuneJob
 
-    cfg = config.load(args.recipe, args.overrides)
-    from omegaconf import OmegaConf
-
-    result = FineTuneJob(OmegaConf.to_container(cfg), args.run_dir)()
+    config.load(args.recipe, args.overrides)  # validate before anything else
+    result = FineTuneJob(args.recipe, args.overrides, args.run_dir)()
     if result["status"] != "completed":
         print(f"ftl: run {result['status']} at step {result['global_step']}: {result['run_dir']}")
         return 1
@@ -60,6 +59,88 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes) if args.classes else None
     out = bundled.prepare(args.name, args.out, args.per_class, args.val_per_class, classes, args.val_first)
     print(f"ftl: {args.name} ready in {out} (train/ and val/ ImageFolder trees)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from launcher.clusters import load_cluster
+        from launcher.sweep import load_sweep
+
+        sweep = load_sweep(args.sweep_file, args.overrides)
+        cluster = load_cluster(args.cluster)
+        print(f"ftl: sweep {sweep.name}: {len(sweep.trials)} trials of recipe {sweep.recipe} on cluster {cluster.name} "
+              f"({cluster.executor}); all overrides valid")  # fmt: skip
+        for t in sweep.trials[: args.show]:
+            print(f"  {t.id}  {' '.join(t.overrides)}")
+        if len(sweep.trials) > args.show:
+            print(f"  ... {len(sweep.trials) - args.show} more")
+        return 0
+    from launcher.control import submit_sweep
+
+    sweep_dir, man, note = submit_sweep(args.sweep_file, args.cluster, args.out, args.overrides)
+    print(f"ftl: queued {sum(t.state == 'PENDING' for t in man.trials.values())} of {len(man.trials)} trials "
+          f"on {man.cluster['name']}")  # fmt: skip
+    if note:
+        print(f"ftl: note: {note}")
+    print(f"ftl: sweep dir {sweep_dir}  (ftl status / wait / resume / cancel {sweep_dir})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from launcher.control import refresh
+
+    man, rows = refresh(args.sweep_dir)
+    sign = -1 if man.mode == "max" else 1
+    rows.sort(key=lambda r: (r.best is None, sign * (r.best or 0)))
+    print(f"{'trial':10}  {'state':10} {'epoch':>6} {man.metric:>9} {'best':>7}  {'job':>12}  overrides")
+    for r in rows[: args.limit]:
+        metric = f"{r.metric:.4f}" if isinstance(r.metric, float) else "-"
+        best = f"{r.best:.4f}" if isinstance(r.best, float) and r.best > float("-inf") else "-"
+        print(f"{r.id:10}  {r.state:10} {r.epoch:>6} {metric:>9} {best:>7}  {r.job_id:>12}  {r.overrides}")
+    if len(rows) > args.limit:
+        print(f"... {len(rows) - args.limit} more (--limit)")
+    counts = Counter(r.state for r in rows)
+    print("ftl: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.most_common()))
+    best = man.best()
+    if best:
+        print(f"ftl: best {best.id} {man.metric} {best.result[man.metric]:.4f}: {' '.join(best.overrides)}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from launcher.control import resume
+
+    ids, note = resume(args.sweep_dir)
+    print(f"ftl: resubmitted {len(ids)} trials" if ids else f"ftl: {note}")
+    if ids and note:
+        print(f"ftl: note: {note}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from launcher.control import cancel
+
+    print(f"ftl: cancelled {cancel(args.sweep_dir)} queued or running trials (finished results are kept)")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from launcher.control import wait
+
+    man = wait(args.sweep_dir, args.poll, args.timeout)
+    counts = Counter(t.state for t in man.trials.values())
+    print("ftl: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.most_common()))
+    best = man.best()
+    if best is None:
+        print("ftl: no trial finished")
+        return 1
+    print(f"ftl: best trial {best.id}: {man.metric} {best.result[man.metric]:.4f} ({' '.join(best.overrides)})")
+    print(f"ftl: its run dir {Path(args.sweep_dir) / man.trials[best.id].run_dir}")
     return 0
 
 
@@ -118,6 +199,28 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--val-first", type=int, help="first N validation images overall (official order)")
     prep.add_argument("--classes", help="keep these class indices, e.g. 0-4 or 5,7,9")
     prep.set_defaults(func=cmd_data_prepare)
+
+    sweep = verbs.add_parser("sweep", help="expand a sweep file and queue its trials (returns at once)")
+    sweep.add_argument("sweep_file", help="jobs/sweeps/NAME.yaml, a name, or a path")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
+    sweep.add_argument("--cluster", default=None, help="cluster config name or path (default: local)")
+    sweep.add_argument("--out", help="the sweep dir (default: sweeps/<name>-<time>)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the trial table; submit nothing")
+    sweep.add_argument("--show", type=int, default=50, help="trials to list with --dry-run")
+    sweep.set_defaults(func=cmd_sweep)
+
+    for verb, func, text in (("status", cmd_status, "one-query status table of a sweep"),
+                             ("resume", cmd_resume, "resubmit the trials that are not completed"),
+                             ("cancel", cmd_cancel, "cancel queued and running trials"),
+                             ("wait", cmd_wait, "wait for a sweep to finish, with a progress bar")):  # fmt: skip
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("sweep_dir")
+        p.set_defaults(func=func)
+        if verb == "status":
+            p.add_argument("--limit", type=int, default=40, help="rows to show, best first")
+        if verb == "wait":
+            p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
+            p.add_argument("--timeout", type=float, help="give up after this many seconds")
 
     zoo = verbs.add_parser("zoo", help="list the offline pretrained weights")
     zoo.set_defaults(func=cmd_zoo)

@@ -203,8 +203,9 @@ cmd_status() {
 }
 
 # Serialise concurrent start/stop calls (e.g. several test sessions starting the cluster at once).
-if [ "${1:-}" = start ] || [ "${1:-}" = stop ]; then
-  mkdir -p "$S"; exec 9>"$S/.lock"; flock 9
+# flock -o: the lock fd is NOT inherited by the daemons we start (else they would hold it forever).
+if [[ ${1:-} =~ ^(start|stop)$ && -z ${FTL_SLURM_LOCKED:-} ]]; then
+  mkdir -p "$S"; FTL_SLURM_LOCKED=1 exec flock -o "$S/.lock" "$0" "$@"
 fi
 case "${1:-}" in
   start) cmd_start ;;

@@ -1,0 +1,28 @@
+"""Run one trial from its spec file: `python -m jobs.run_trial SWEEP_DIR/trials/<id>/trial.json`.
+
+Used by the local executor (one subprocess per trial). Exit codes: 0 completed or pruned, 3 interrupted (a
+checkpoint was saved; `ftl resume` continues it), 2 a user error, 1 a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(spec_path: str) -> int:
+    from core.errors import FtlError
+    from jobs.finetune import FineTuneJob
+
+    spec = json.loads(open(spec_path).read())
+    try:
+        result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"),
+                             spec.get("env"))()  # fmt: skip
+    except FtlError as e:
+        print(f"ftl: error: {e}", file=sys.stderr)
+        return 2
+    return 3 if result["status"] == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
