@@ -1,0 +1,111 @@
+"""Real sweeps on the local executor: queue, status, wait, a failing trial, cancel + resume, early stopping."""
+
+import json
+import time
+
+import pytest
+import yaml
+
+from launcher import manifest as mf
+from tests.conftest import run_ftl
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_file(tmp_path, lfw, **spec):
+    common = [f"data.train_dir={lfw}/train", f"data.val_dir={lfw}/val", "data.image_size=32", "data.batch_size=16",
+              "data.num_workers=0", "train.epochs=2"]  # fmt: skip
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "base", "name": "t", "overrides": common, **spec}, sort_keys=False))
+    return path
+
+
+def cluster_file(tmp_path, max_parallel=2):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"name": "here", "executor": "local", "max_parallel": max_parallel,
+                                    "env": {"OMP_NUM_THREADS": "1"}}))  # fmt: skip
+    return path
+
+
+def test_local_sweep_with_a_failing_trial(lfw, tmp_path):
+    spec = {"zip": {"data.train_dir": [f"{lfw}/train", f"{lfw}/train", f"{tmp_path}/missing"],
+                    "optim.lr": [1e-3, 3e-3, 1e-3]}}  # fmt: skip
+    out = tmp_path / "sw"
+    proc = run_ftl("sweep", sweep_file(tmp_path, lfw, **spec), "--cluster", cluster_file(tmp_path), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"sweep dir {out}" in proc.stdout and "queued 3 of 3" in proc.stdout
+    done = run_ftl("wait", out, "--poll", "1", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    man = mf.read(out)
+    states = sorted(t.state for t in man.trials.values())
+    assert states == ["COMPLETED", "COMPLETED", "FAILED"]
+    failed = next(t for t in man.trials.values() if t.state == "FAILED")
+    assert "no such directory" in (out / failed.run_dir / "train.log").read_text()
+    best = man.best()
+    assert best is not None and "best trial" in done.stdout and 0 <= best.result["val_top1"] <= 1
+    status = run_ftl("status", out)
+    assert status.returncode == 0 and "2 completed, 1 failed" in status.stdout
+
+
+def test_cancel_then_resume(lfw, tmp_path):
+    out = tmp_path / "sw"
+    spec = {"grid": {"optim.lr": [1e-3, 2e-3]}, "overrides": None}
+    path = sweep_file(tmp_path, lfw, **{k: v for k, v in spec.items() if v is not None})
+    data = yaml.safe_load(path.read_text())
+    data["overrides"] = [o for o in data["overrides"] if not o.startswith("train.epochs")] + ["train.epochs=6"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run_ftl("sweep", path, "--cluster", cluster_file(tmp_path, 1), "--out", out).returncode == 0
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the first trial has a checkpoint
+        if list((out / "trials").glob("*/checkpoints/latest.json")):
+            break
+        time.sleep(0.5)
+    cancelled = run_ftl("cancel", out)
+    assert cancelled.returncode == 0 and "cancelled 2" in cancelled.stdout
+    time.sleep(1)
+    man = mf.read(out)
+    assert {t.state for t in man.trials.values()} == {"CANCELLED"}
+    resumed = run_ftl("resume", out)
+    assert resumed.returncode == 0 and "resubmitted 2 trials" in resumed.stdout
+    assert run_ftl("wait", out, "--poll", "1", timeout=600).returncode == 0
+    man = mf.read(out)
+    assert {t.state for t in man.trials.values()} == {"COMPLETED"}
+    assert all(len(t.job_ids) == 2 for t in man.trials.values())
+    log = "".join((out / t.run_dir / "train.log").read_text() for t in man.trials.values())
+    assert "(resuming step_" in log  # the interrupted trial continued from its checkpoint
+    assert "nothing to resume" in run_ftl("resume", out).stdout
+
+
+def test_early_stopping_prunes_a_bad_trial(lfw, tmp_path):
+    out = tmp_path / "sw"
+    spec = {"zip": {"optim.lr": [1e-3, 30.0], "optim.name": ["adamw", "sgd"]},
+            "early_stop": {"min_epochs": 1, "reduction_factor": 2}}  # fmt: skip
+    path = sweep_file(tmp_path, lfw, **spec)
+    data = yaml.safe_load(path.read_text())
+    data["overrides"] = [o for o in data["overrides"] if not o.startswith(("train.epochs", "data.image_size"))]
+    data["overrides"] += ["train.epochs=3", "data.image_size=64"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run_ftl("sweep", path, "--cluster", cluster_file(tmp_path, 1), "--out", out).returncode == 0
+    assert run_ftl("wait", out, "--poll", "1", timeout=600).returncode == 0
+    man = mf.read(out)
+    by_lr = {t.overrides[0]: t for t in man.trials.values()}
+    assert by_lr["optim.lr=0.001"].state == "COMPLETED"
+    assert by_lr["optim.lr=30.0"].state == "PRUNED"
+    progress = json.loads((out / by_lr["optim.lr=30.0"].run_dir / "progress.json").read_text())
+    assert progress["epoch"] < 3
+    assert (out / "optuna.journal").is_file()
+
+
+def test_sweep_bad_input_leaves_nothing(lfw, tmp_path):
+    out = tmp_path / "sw"
+    bad = sweep_file(tmp_path, lfw, grid={"optim.lrr": [1]})
+    proc = run_ftl("sweep", bad, "--out", out)
+    assert proc.returncode == 2 and "unknown key 'optim.lrr'" in proc.stderr and not out.exists()
+    good = sweep_file(tmp_path, lfw, grid={"optim.lr": [1e-3]})
+    out.mkdir()
+    proc = run_ftl("sweep", good, "--out", out)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    proc = run_ftl("status", tmp_path)
+    assert proc.returncode == 2 and "is not a sweep dir" in proc.stderr
+    proc = run_ftl("sweep", good, "--cluster", "nope", "--out", tmp_path / "x")
+    assert proc.returncode == 2 and "unknown cluster 'nope'" in proc.stderr and not (tmp_path / "x").exists()

@@ -1,0 +1,80 @@
+"""Sweep expansion and validation: grid, zip, random and seeds; stable ids; one-line errors for bad sweep files."""
+
+import pytest
+import yaml
+
+from core.errors import FtlError
+from launcher.clusters import load_cluster
+from launcher.sweep import load_sweep
+
+
+def write(tmp_path, spec: dict, name="s.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"recipe": "base", "overrides": ["data.train_dir=/d"], **spec}, sort_keys=False))
+    return path
+
+
+def test_grid_zip_seeds_product_and_stable_ids(tmp_path):
+    path = write(tmp_path, {"grid": {"optim.lr": [1e-3, 3e-3], "finetune.strategy": ["full", "gradual"]},
+                            "zip": {"model.name": ["mobilenetv2_100", "tf_efficientnet_lite0"],
+                                    "model.pretrained": ["mobilenetv2_100.tv_in1k", "tf_efficientnet_lite0.in1k"]},
+                            "seeds": [0, 1, 2]})  # fmt: skip
+    a, b = load_sweep(path), load_sweep(path)
+    assert len(a.trials) == 2 * 2 * 2 * 3
+    assert [t.id for t in a.trials] == [t.id for t in b.trials] and len({t.id for t in a.trials}) == 24
+    first = a.trials[0].overrides
+    assert first == ["optim.lr=0.001", "finetune.strategy=full", "model.name=mobilenetv2_100",
+                     "model.pretrained=mobilenetv2_100.tv_in1k", "train.seed=0"]  # fmt: skip
+    cfg = a.trial_config(a.trials[-1])
+    assert cfg["model"]["name"] == "tf_efficientnet_lite0" and cfg["train"]["seed"] == 2 and cfg["optim"]["lr"] == 3e-3
+
+
+def test_random_sampling_is_seeded_and_in_range(tmp_path):
+    spec = {"random": {"n": 20, "seed": 3, "params": {"optim.lr": {"loguniform": [1e-4, 1e-2]},
+                                                      "data.batch_size": {"choice": [16, 32]},
+                                                      "train.epochs": {"int": [2, 5]}}}}  # fmt: skip
+    a, b = load_sweep(write(tmp_path, spec)), load_sweep(write(tmp_path, spec, "t.yaml"))
+    assert [t.overrides for t in a.trials] == [t.overrides for t in b.trials] and len(a.trials) == 20
+    for t in a.trials:
+        cfg = a.trial_config(t)
+        assert 1e-4 <= cfg["optim"]["lr"] <= 1e-2 and cfg["data"]["batch_size"] in (16, 32)
+        assert 2 <= cfg["train"]["epochs"] <= 5 and isinstance(cfg["train"]["epochs"], int)
+    assert len({t.overrides[0] for t in a.trials}) == 20
+
+
+@pytest.mark.parametrize(("spec", "pattern"), [
+    ({"grid": {"optim.lrr": [1, 2]}}, r"unknown key 'optim.lrr' \(did you mean: optim.lr"),
+    ({"grid": {}}, r"expands to no trial"),
+    ({"grid": {"optim.lr": []}}, r"grid.optim.lr must be a non-empty list"),
+    ({"grid": {"train.epochs": ["many"]}}, r"train.epochs.*many"),
+    ({"grid": {"train.precision": ["fp8"]}}, r"train.precision='fp8' is not one of"),
+    ({"zip": {"optim.lr": [1, 2], "train.epochs": [1]}}, r"zip lists differ in length"),
+    ({"gird": {"optim.lr": [1]}}, r"unknown sweep key 'gird' \(did you mean: grid"),
+    ({"random": {"n": 3, "params": {"optim.lr": {"normal": [0, 1]}}}}, r"random.params.optim.lr"),
+    ({"random": {"n": 3, "params": {"optim.lr": {"uniform": [1]}}}}, r"uniform needs \[low, high\]"),
+    ({"seeds": "0,1"}, r"seeds must be a list of ints"),
+])  # fmt: skip
+def test_bad_sweep_files(tmp_path, spec, pattern):
+    with pytest.raises(FtlError, match=pattern):
+        load_sweep(write(tmp_path, spec))
+
+
+def test_bad_value_syntax(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("recipe: base\ngrid:\n  optim.lr: [1e-3, [\n")
+    with pytest.raises(FtlError, match=r"bad.yaml: not valid YAML"):
+        load_sweep(path)
+
+
+def test_cluster_configs(tmp_path):
+    assert load_cluster(None).executor == "local"
+    assert load_cluster("slurm_example").gpus_per_node == 4
+    bad = tmp_path / "c.yaml"
+    bad.write_text("executor: slurm\npartion: gpu\n")
+    with pytest.raises(FtlError, match=r"unknown key 'partion' \(did you mean: partition"):
+        load_cluster(str(bad))
+    bad.write_text("executor: kubernetes\n")
+    with pytest.raises(FtlError, match=r"executor='kubernetes' must be local or slurm"):
+        load_cluster(str(bad))
+    with pytest.raises(FtlError, match=r"unknown cluster 'slurm_exmple' \(did you mean: slurm_example"):
+        load_cluster("slurm_exmple")
