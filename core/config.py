@@ -130,11 +130,16 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    wandb: bool = False
+    wandb: bool = False  # false: no W&B import and no W&B call at all
     project: str = "ftl"
     entity: str | None = None
-    group: str | None = None
+    group: str | None = None  # a sweep sets its name here
+    name: str | None = None  # W&B run name (default: the run dir's name)
+    run_id: str | None = None  # W&B run id (default: a hash of the run dir); kept across requeues
+    job_type: str = "fine-tune"
     tags: list[str] = field(default_factory=list)
+    log_samples: int = 16  # validation samples with predictions logged as a W&B table (0: none)
+    log_model: bool = False  # best weights as a W&B artifact
 
 
 @dataclass

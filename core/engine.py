@@ -247,6 +247,12 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
             truncate_after(run_dir / "metrics.jsonl", state.global_step)
     accelerator.wait_for_everyone()
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
+    wandb_run = _wandb_tracker(cfg, run_dir) if cfg.tracking.wandb and accelerator.is_main_process else None
+
+    def log(record: dict[str, Any]) -> None:
+        logger.log(record)
+        if wandb_run is not None:
+            wandb_run.log(record, step=record["step"])
     export_meta = {"model": m.name, "classes": parts.splits.classes, "num_classes": len(parts.splits.classes),
                    "head": m.head, "mean": parts.mean, "std": parts.std, "config": OmegaConf.to_container(cfg)}  # fmt: skip
 
@@ -292,8 +298,8 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
             if state.global_step % t.log_every_steps == 0:
                 train_loss = (loss_sum / loss_n).item()  # a device sync: only every log_every_steps
                 lr = optimizer.param_groups[-1]["lr"]
-                logger.log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "lr": lr,
-                            "input_px": batch[0].shape[-1]})  # fmt: skip
+                log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "lr": lr,
+                     "input_px": batch[0].shape[-1]})  # fmt: skip
                 bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
             if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
                 ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
@@ -304,6 +310,8 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
                     ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
                     say(f"ftl: stopped at step {state.global_step} (epoch {state.epoch + 1}); checkpoint saved")
                     logger.close()
+                    if wandb_run is not None:
+                        wandb_run.finish()
                     return _result("interrupted", run_dir, state, metrics)
         bar.close()
         epoch_time = time.perf_counter() - started
@@ -316,8 +324,8 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         is_best = metrics["val_top1"] > state.best_metric
         if is_best:
             state.best_metric, state.best_epoch = metrics["val_top1"], state.epoch
-        logger.log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "image_size": size,
-                    "epoch_time_s": round(epoch_time, 3), **metrics})  # fmt: skip
+        log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "image_size": size,
+             "epoch_time_s": round(epoch_time, 3), **metrics})  # fmt: skip
         say(f"ftl: epoch {state.epoch}/{t.epochs} train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
             f"top1 {metrics['val_top1']:.4f} top5 {metrics['val_top5']:.4f}"
             + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if ema is not None else "") + f" ({epoch_time:.1f}s)")  # fmt: skip
@@ -343,7 +351,38 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
     result = _result(status, run_dir, state, metrics)
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "result.json", result)
+    if wandb_run is not None:
+        _wandb_media(cfg, wandb_run, unwrapped, parts, run_dir, state.global_step, accelerator.device)
+        wandb_run.finish()
     return result
+
+
+def _wandb_tracker(cfg: DictConfig, run_dir: Path):
+    from core.tracking import WandbTracker
+
+    tr = cfg.tracking
+    return WandbTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), tr.project, tr.entity, tr.group,  # type: ignore[arg-type]
+                        tr.name, tr.job_type, list(tr.tags), tr.run_id)  # fmt: skip
+
+
+@torch.no_grad()
+def _wandb_media(cfg: DictConfig, run, model, parts: Parts, run_dir: Path, step: int, device) -> None:
+    """The LR-finder plot, a table of validation samples with predictions, and (optionally) the best weights."""
+    if (run_dir / "lr_find.png").is_file():
+        run.log_image("lr_find", run_dir / "lr_find.png", step)
+    n = min(cfg.tracking.log_samples, len(parts.splits.val))
+    if n:
+        model.eval()
+        images = torch.stack([parts.splits.val[i][0] for i in range(n)])
+        probs = model(images.to(device)).float().softmax(-1).cpu()
+        mean, std = torch.tensor(parts.mean).view(3, 1, 1), torch.tensor(parts.std).view(3, 1, 1)
+        classes = parts.splits.classes
+        rows = [[run.wandb.Image((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()),
+                 classes[parts.splits.val.samples[i][1]], classes[int(p.argmax())], float(p.max())]
+                for i, (img, p) in enumerate(zip(images, probs))]  # fmt: skip
+        run.log_table("val_samples", ["image", "label", "prediction", "confidence"], rows, step)
+    if cfg.tracking.log_model and (run_dir / "export" / "best.safetensors").is_file():
+        run.log_artifact(run_dir / "export" / "best.safetensors", f"{run_dir.name}-best")
 
 
 def _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir: Path) -> float:

@@ -39,3 +39,58 @@ def truncate_after(path: str | Path, global_step: int) -> None:
 
     records = [r for r in read_jsonl(path) if r.get("step", 0) <= global_step]
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+class WandbTracker:
+    """One W&B run per training run, from the main process only.
+
+    The run id is deterministic (tracking.run_id, else a hash of the run dir) and opened with resume="allow", so
+    a requeued or resumed run continues its W&B run instead of creating a duplicate. Files go under the run dir;
+    WANDB_MODE=offline (the default on compute nodes) writes them locally for a later `ftl sync`.
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], project: str, entity: str | None, group: str | None,
+                 name: str | None, job_type: str, tags: list[str], run_id: str | None):  # fmt: skip
+        import hashlib
+        import os
+
+        import wandb
+
+        if os.environ.get("WANDB_MODE", "offline") == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
+            from core.errors import FtlError
+
+            raise FtlError("WANDB_MODE=online but no W&B API key (WANDB_API_KEY or `wandb login`); "
+                           "set WANDB_MODE=offline and `ftl sync` later")  # fmt: skip
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run_id = run_id or hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+        self.wandb = wandb
+        self.run = wandb.init(project=project, entity=entity, group=group, name=name or Path(run_dir).name,
+                              job_type=job_type, tags=list(tags), config=config, id=run_id, resume="allow",
+                              dir=str(run_dir), settings=wandb.Settings(console="off"))  # fmt: skip
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        self.run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        self.run.log({key: self.wandb.Image(str(path))}, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        self.run.log({key: self.wandb.Table(columns=columns, data=rows)}, step=step)
+
+    def log_artifact(self, path: Path, name: str, kind: str = "model") -> None:
+        artifact = self.wandb.Artifact(name, type=kind)
+        artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def _netrc_has_wandb() -> bool:
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False

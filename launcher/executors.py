@@ -107,16 +107,19 @@ class LocalExecutor(Executor):
 # ---------------------------------------------------------------- SLURM
 
 
+KEEP = ("SLURM_CONF",)  # client configuration, not the state of an enclosing job
+
+
 def _clean_env() -> dict[str, str]:
-    """This environment without SLURM_*/SBATCH_* variables: submitted from inside a job, they would leak in."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    """This environment without SLURM_*/SBATCH_* job variables: submitted from inside a job, they would leak in."""
+    return {k: v for k, v in os.environ.items() if k in KEEP or not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
 
 
 @contextlib.contextmanager
 def _without_slurm_env() -> Iterator[None]:
-    saved = dict(os.environ)
+    saved, clean = dict(os.environ), _clean_env()
     os.environ.clear()
-    os.environ.update(_clean_env())
+    os.environ.update(clean)
     try:
         yield
     finally:
@@ -204,14 +207,15 @@ class SlurmExecutor(Executor):
         if not job_ids:
             return {}
         arrays = sorted({j.split("_")[0] for j in job_ids})
-        proc = subprocess.run(["sacct", "--array", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
+        proc = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays)],
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         if proc.returncode != 0:
             raise FtlError(f"sacct failed: {proc.stderr.strip()}")
         found = {}
         for line in proc.stdout.splitlines():
             job, _, state = line.partition("|")
-            found[job] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+            for task in expand_array_ids(job):  # pending tasks come folded: 17_[0-5,7%2]
+                found[task] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         return {j: found.get(j, "UNKNOWN") for j in job_ids}
 
     def cancel(self, job_ids: list[str]) -> None:
@@ -219,7 +223,23 @@ class SlurmExecutor(Executor):
             subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=120)
 
 
+def expand_array_ids(job_id: str) -> list[str]:
+    """'17_[0-2,5%2]' -> ['17_0', '17_1', '17_2', '17_5']; any other id unchanged."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", job_id)
+    if not match:
+        return [job_id]
+    base, ranges = match.groups()
+    out = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
 def _slurm_message(error: Exception) -> str:
+    """SLURM's own words: its 'sbatch: error/fatal:' lines, joined."""
     text = str(error)
-    match = re.search(r"sbatch: error: (.*)", text)
-    return match.group(1).strip() if match else text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    lines = [m.strip() for m in re.findall(r"sbatch: (?:error|fatal): (.*)", text)]
+    if lines:
+        return "; ".join(dict.fromkeys(lines))
+    return text.strip().splitlines()[-1] if text.strip() else type(error).__name__

@@ -93,6 +93,7 @@ def read(sweep_dir: str | Path) -> Manifest:
 def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
     """Read-modify-write the manifest under an exclusive lock; written back atomically on success."""
     sweep_dir = Path(sweep_dir)
+    read(sweep_dir)  # a clear error for a dir that is not a sweep
     with open(sweep_dir / ".manifest.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = read(sweep_dir)
