@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from core.tracking import JsonlLogger, truncate_after
 
 
 def create_accelerator(precision: str, grad_accum_steps: int, seed: int, find_unused: bool = False):
-    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     return Accelerator(
         mixed_precision=precision,
@@ -47,7 +47,9 @@ def create_accelerator(precision: str, grad_accum_steps: int, seed: int, find_un
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
         step_scheduler_with_optimizer=False,  # the schedule is stepped by hand, once per update
         # Phases freeze stages after DDP wrapping: DDP must then expect parameters without gradients.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused),
+                         # a rank that never arrives fails the run in minutes instead of hanging it for 30
+                         InitProcessGroupKwargs(timeout=timedelta(seconds=int(os.environ.get("FTL_DIST_TIMEOUT_S", 600))))],
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ class FineTuneJob:
         under_submitit = "SUBMITIT_EXECUTOR" in os.environ
         if under_submitit:
             _export_distributed_env()
+            print(f"ftl: task {os.environ.get('RANK', '0')}/{os.environ.get('WORLD_SIZE', '1')} on node "
+                  f"{os.environ.get('SLURMD_NODENAME', '?')}, job {os.environ.get('SLURM_JOB_ID')}", flush=True)
         cfg = config_lib.load(self.recipe, self.overrides)
         if self.run_dir and (Path(self.run_dir) / "checkpoints" / "latest.json").is_file():
             cfg.resume = self.run_dir  # a requeued or resumed job continues where the last one stopped
@@ -74,7 +77,13 @@ def _export_distributed_env() -> None:
 
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        dist = submitit.helpers.TorchDistributedEnvironment()
+        try:
+            socket.getaddrinfo(dist.master_addr, dist.master_port)
+        except socket.gaierror:
+            # The node name is not a resolvable host: rendezvous on the batch host's address (rank 0 runs there).
+            dist.master_addr = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", dist.master_addr)
+        dist.export(set_cuda_visible_devices=False)
         import torch
 
         if not torch.cuda.is_available():

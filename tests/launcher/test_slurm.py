@@ -1,0 +1,136 @@
+"""Integration tests against a real single-host SLURM cluster (scripts/slurm/cluster.sh: slurmctld, slurmdbd with
+MariaDB, two slurmd daemons n1 and n2): arrays, a 2-node trial, preemption with exact resume, cancel + resume."""
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from launcher import manifest as mf
+from tests.conftest import REPO, run_ftl
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """Start (or reuse) the local cluster; skip only where it cannot run at all (not root, no apt)."""
+    if os.geteuid() != 0 and not shutil.which("slurmctld"):
+        pytest.skip("starting the local SLURM cluster needs root (or slurm-wlm installed)")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "cluster.sh"), "start"], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("export SLURM_CONF="))
+    os.environ["SLURM_CONF"] = conf
+    return conf
+
+
+def write_sweep(tmp_path, lfw, name="s", epochs=1, extra=(), **spec) -> Path:
+    common = [f"data.train_dir={lfw}/train", f"data.val_dir={lfw}/val", "data.image_size=32", "data.batch_size=8",
+              "data.num_workers=0", f"train.epochs={epochs}", *extra]  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "base", "name": name, "overrides": common, **spec}, sort_keys=False))
+    return path
+
+
+def write_cluster(tmp_path, **kw) -> Path:
+    data = yaml.safe_load((REPO / "cluster_configs" / "slurm_local.yaml").read_text())
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({**data, **kw}))
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_array_of_ten_trials_with_a_failing_one(slurm, lfw, tmp_path):
+    train_dirs = [f"{lfw}/train"] * 9 + [f"{tmp_path}/missing"]
+    path = write_sweep(tmp_path, lfw, zip={"data.train_dir": train_dirs, "optim.lr": [1e-4 * (i + 1) for i in range(10)]})
+    out = tmp_path / "sw"
+    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    man = mf.read(out)
+    arrays = {t.job_id.split("_")[0] for t in man.trials.values()}
+    assert len(arrays) == 1 and len(man.trials) == 10  # one job array for the sweep
+    done = run_ftl("wait", out, "--poll", "2", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    states = sorted(t.state for t in mf.read(out).trials.values())
+    assert states == ["COMPLETED"] * 9 + ["FAILED"]
+    status = run_ftl("status", out)
+    assert "9 completed, 1 failed" in status.stdout
+
+
+def test_two_node_trial_trains_one_model(slurm, lfw, tmp_path):
+    path = write_sweep(tmp_path, lfw, name="mn", grid={"optim.lr": [1e-3]})
+    out = tmp_path / "sw"
+    assert run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, nodes=2), "--out", out).returncode == 0
+    assert run_ftl("wait", out, "--poll", "2", timeout=900).returncode == 0
+    trial = next(iter(mf.read(out).trials.values()))
+    assert trial.state == "COMPLETED"
+    logs = {p.name: p.read_text() for p in (out / "logs").rglob("*_log.out")}
+    assert len(logs) == 2  # one task per node
+    text = "\n".join(logs.values())
+    assert "ftl: task 0/2 on node n1" in text and "ftl: task 1/2 on node n2" in text
+    assert "2 process(es) on cpu" in text
+
+
+def test_preempted_trial_requeues_and_resumes_exactly(slurm, lfw, tmp_path):
+    extra = ["train.deterministic=true", "train.checkpoint_every_steps=1", "data.image_size=48"]
+    path = write_sweep(tmp_path, lfw, name="pre", epochs=4, extra=extra, zip={"name": ["interrupted", "reference"]})
+    out = tmp_path / "sw"
+    assert run_ftl("sweep", path, "--cluster", write_cluster(tmp_path), "--out", out).returncode == 0
+    man = mf.read(out)
+    victim = next(t for t in man.trials.values() if t.overrides == ["name=interrupted"])
+    reference = next(t for t in man.trials.values() if t.overrides == ["name=reference"])
+    run_dir = out / victim.run_dir
+    wait_for(lambda: (run_dir / "checkpoints" / "latest.json").is_file(), 300, "the first checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", victim.job_id], check=True)
+    assert run_ftl("wait", out, "--poll", "2", timeout=900).returncode == 0
+    man = mf.read(out)
+    assert man.trials[victim.id].state == "COMPLETED" and man.trials[reference.id].state == "COMPLETED"
+    log = "\n".join(p.read_text() for p in (out / "logs").rglob(f"{victim.job_id}*/*_log.out"))
+    assert "checkpoint saved" in log and "(resuming step_" in log
+    sacct = subprocess.run(["sacct", "-j", victim.job_id, "-n", "-P", "-D", "-o", "State"], capture_output=True,
+                           text=True).stdout.split()  # fmt: skip
+    assert "REQUEUED" in sacct or len(sacct) > 1  # the same job ran twice
+    a = load_file(str(run_dir / "export" / "last.safetensors"))
+    b = load_file(str(out / reference.run_dir / "export" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_cancel(slurm, lfw, tmp_path):
+    path = write_sweep(tmp_path, lfw, name="rc", epochs=3, extra=["train.checkpoint_every_steps=1"],
+                       grid={"optim.lr": [1e-3, 2e-3]})  # fmt: skip
+    out = tmp_path / "sw"
+    assert run_ftl("sweep", path, "--cluster", write_cluster(tmp_path), "--out", out).returncode == 0
+    wait_for(lambda: list((out / "trials").glob("*/checkpoints/latest.json")), 300, "a checkpoint")
+    assert "cancelled 2" in run_ftl("cancel", out).stdout
+    wait_for(lambda: "2 cancelled" in run_ftl("status", out).stdout, 60, "sacct to show CANCELLED")
+    resumed = run_ftl("resume", out)
+    assert "resubmitted 2 trials" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert run_ftl("wait", out, "--poll", "2", timeout=900).returncode == 0
+    man = mf.read(out)
+    assert {t.state for t in man.trials.values()} == {"COMPLETED"}
+    assert all(len(t.job_ids) == 2 for t in man.trials.values())
+
+
+def test_unknown_partition_and_sbatch_errors_submit_nothing(slurm, lfw, tmp_path):
+    path = write_sweep(tmp_path, lfw, grid={"optim.lr": [1e-3]})
+    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, partition="nope"), "--out", tmp_path / "a")
+    assert proc.returncode == 2 and "partition 'nope' does not exist" in proc.stderr and not (tmp_path / "a").exists()
+    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, sbatch={"qos": "no-such-qos"}),
+                   "--out", tmp_path / "b")  # fmt: skip
+    assert proc.returncode == 2 and "sbatch failed:" in proc.stderr and not (tmp_path / "b").exists()
