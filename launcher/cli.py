@@ -144,6 +144,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from launcher.control import sync
+
+    runs = sync(args.sweep_dir, args.dry_run)
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"ftl: {verb} {len(runs)} offline W&B runs" + "".join(f"\n  {r}" for r in runs))
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from core.zoo import OFFLINE_ZOO
 
@@ -221,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "wait":
             p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
             p.add_argument("--timeout", type=float, help="give up after this many seconds")
+
+    sync = verbs.add_parser("sync", help="upload a sweep's offline W&B runs (wandb sync)")
+    sync.add_argument("sweep_dir")
+    sync.add_argument("--dry-run", action="store_true", help="list the runs; upload nothing")
+    sync.set_defaults(func=cmd_sync)
 
     zoo = verbs.add_parser("zoo", help="list the offline pretrained weights")
     zoo.set_defaults(func=cmd_zoo)

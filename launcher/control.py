@@ -38,16 +38,31 @@ def early_stop_spec(sweep: Sweep, sweep_dir: Path) -> dict[str, Any] | None:
 
 
 def specs(man: mf.Manifest, sweep_dir: Path, ids: list[str]) -> list[TrialSpec]:
+    """What each job receives; W&B groups a sweep's runs by its name and names each run by its trial id."""
     recipe = str(sweep_dir.resolve() / "recipe.yaml")
-    early = man.early_stop
-    return [TrialSpec(i, recipe, [*man.overrides, *man.trials[i].overrides], str(sweep_dir.resolve() / man.trials[i].run_dir),
-                      early) for i in ids]  # fmt: skip
+    wandb = [f"tracking.group={man.name}"]
+    return [TrialSpec(i, recipe, [*wandb, f"tracking.name={i}", *man.overrides, *man.trials[i].overrides],
+                      str(sweep_dir.resolve() / man.trials[i].run_dir), man.early_stop) for i in ids]  # fmt: skip
+
+
+def check_wandb_login(sweep: Sweep, cluster: ClusterConfig) -> None:
+    """Online W&B without an API key would hang at a login prompt on a node: refuse before submitting."""
+    import os
+
+    from core.tracking import _netrc_has_wandb
+
+    cfg = config_lib.load(sweep.recipe, [*sweep.overrides, *sweep.trials[0].overrides])
+    if cfg.tracking.wandb and cluster.wandb_mode == "online":
+        if not (os.environ.get("WANDB_API_KEY") or cluster.env.get("WANDB_API_KEY") or _netrc_has_wandb()):
+            raise FtlError(f"cluster {cluster.name} has wandb_mode=online but no W&B API key (WANDB_API_KEY or "
+                           "`wandb login`); log in, or use wandb_mode: offline and `ftl sync` later")  # fmt: skip
 
 
 def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, overrides: list[str]) -> tuple[Path, mf.Manifest, str]:
     """Expand, validate, write the sweep dir and queue every trial; returns (sweep dir, manifest, note)."""
     sweep = load_sweep(sweep_file, overrides)
     cluster = load_cluster(cluster_name)
+    check_wandb_login(sweep, cluster)
     sweep_dir = Path(out) if out else Path("sweeps") / f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if sweep_dir.exists():
         raise FtlError(f"sweep dir {sweep_dir} already exists; continue it with `ftl resume {sweep_dir}` or pick --out")
@@ -150,6 +165,28 @@ def cancel(sweep_dir: str | Path) -> int:
         for t in live:
             man.trials[t.id].state = "CANCELLED"
     return len(live)
+
+
+def offline_wandb_runs(sweep_dir: str | Path) -> list[Path]:
+    """The offline W&B run dirs of a sweep's trials (one per trial, or more after a resume)."""
+    man = mf.read(sweep_dir)
+    return sorted(p for t in man.trials.values() for p in (Path(sweep_dir) / t.run_dir / "wandb").glob("offline-run-*"))
+
+
+def sync(sweep_dir: str | Path, dry_run: bool = False) -> list[Path]:
+    """Upload a sweep's offline W&B runs with `wandb sync` (needs a network and a login)."""
+    import subprocess
+    import sys
+
+    runs = offline_wandb_runs(sweep_dir)
+    if runs and not dry_run:
+        wandb_cli = Path(sys.executable).parent / "wandb"
+        proc = subprocess.run([str(wandb_cli), "sync", "--include-offline", *map(str, runs)], capture_output=True,
+                              text=True)  # fmt: skip
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise FtlError(f"wandb sync failed (network or login?): {tail[0]}")
+    return runs
 
 
 def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = None) -> mf.Manifest:

@@ -131,6 +131,7 @@ def test_unknown_partition_and_sbatch_errors_submit_nothing(slurm, lfw, tmp_path
     path = write_sweep(tmp_path, lfw, grid={"optim.lr": [1e-3]})
     proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, partition="nope"), "--out", tmp_path / "a")
     assert proc.returncode == 2 and "partition 'nope' does not exist" in proc.stderr and not (tmp_path / "a").exists()
-    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, sbatch={"qos": "no-such-qos"}),
+    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, sbatch={"gres": "gpu:99"}),
                    "--out", tmp_path / "b")  # fmt: skip
-    assert proc.returncode == 2 and "sbatch failed:" in proc.stderr and not (tmp_path / "b").exists()
+    assert proc.returncode == 2 and "sbatch failed: Batch job submission failed" in proc.stderr
+    assert not (tmp_path / "b").exists() and "Traceback" not in proc.stderr
