@@ -265,9 +265,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed  # type: ignore[return-value]
 
 
-def build(values: list[dict[str, Any]], source: str = "config") -> DictConfig:
-    """Merge plain dicts onto the schema and validate types, choices and ranges."""
-    cfg = OmegaConf.structured(Config)
+def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig | None = None) -> DictConfig:
+    """Merge plain dicts onto the schema (or onto an already built `base`, which is much faster: the structured
+    schema is the costly part) and validate types, choices and ranges."""
+    cfg = base if base is not None else OmegaConf.structured(Config)
     try:
         for v in values:
             cfg = OmegaConf.merge(cfg, v)

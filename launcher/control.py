@@ -51,8 +51,9 @@ def check_wandb_login(sweep: Sweep, cluster: ClusterConfig) -> None:
 
     from core.tracking import _netrc_has_wandb
 
-    cfg = config_lib.load(sweep.recipe, [*sweep.overrides, *sweep.trials[0].overrides])
-    if cfg.tracking.wandb and cluster.wandb_mode == "online":
+    cfg = sweep.base_config
+    wandb_on = cfg.tracking.wandb or any(o == "tracking.wandb=true" for t in sweep.trials for o in t.overrides)
+    if wandb_on and cluster.wandb_mode == "online":
         if not (os.environ.get("WANDB_API_KEY") or cluster.env.get("WANDB_API_KEY") or _netrc_has_wandb()):
             raise FtlError(f"cluster {cluster.name} has wandb_mode=online but no W&B API key (WANDB_API_KEY or "
                            "`wandb login`); log in, or use wandb_mode: offline and `ftl sync` later")  # fmt: skip
@@ -139,7 +140,9 @@ def _trial_state(record: mf.TrialRecord, job_state: str, result: dict) -> str:
         return record.state
     if job_state == "COMPLETED":  # the job ended but wrote no result: interrupted without a requeue
         return "FAILED"
-    return job_state or record.state
+    if job_state in ("", "UNKNOWN"):  # accounting lags a second or two behind a fresh submission
+        return record.state
+    return job_state
 
 
 def resume(sweep_dir: str | Path) -> tuple[list[str], str]:

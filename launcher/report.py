@@ -21,8 +21,10 @@ writing; the HTML plots are not in it (the W&B panels replace them).
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -31,7 +33,6 @@ from typing import Any
 
 from core.errors import FtlError, did_you_mean
 from core.fileio import write_text_atomic
-from core.tracking import read_jsonl
 from launcher import manifest as mf
 
 FAILED = ("FAILED", "PREEMPTED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
@@ -39,8 +40,9 @@ NOT_METRICS = {"step", "epoch", "epochs", "time", "val_n", "image_size", "input_
                "best_epoch", "best_metric", "best"}  # fmt: skip
 LOG_LINES = 30
 CSS = """body{font:14px/1.45 system-ui,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}h1{font-size:26px;margin:0}
-main{max-width:1200px;margin:0 auto;padding:24px}h3{font-size:15px;margin:18px 0 6px}nav a{margin-right:14px}
-h2{font-size:19px;margin:0 0 12px;border-bottom:1px solid #d0d7de;padding-bottom:6px}a{color:#0969da}
+main{max-width:1200px;margin:0 auto;padding:24px}h3{font-size:15px;margin:18px 0 6px}a{color:#0969da}
+h2{font-size:19px;margin:0 0 12px;border-bottom:1px solid #d0d7de;padding-bottom:6px}
+nav a{margin-right:14px;text-decoration:none}
 section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 20px;margin:16px 0}
 table{border-collapse:collapse;width:100%;font-size:13px}th{background:#f6f8fa}tr.best td{background:#dafbe1}
 th,td{padding:5px 9px;border-bottom:1px solid #eaeef2;text-align:left;word-break:break-word}dt{color:#57606a}
@@ -82,8 +84,11 @@ class SweepData:
 
     @property
     def varying(self) -> list[str]:
-        """The swept keys that take more than one value (all of them when none does)."""
-        return [k for k in self.params if len({t.params.get(k) for t in self.trials}) > 1] or self.params
+        """The swept keys to plot: those with more than one value among the finished trials, else among all trials."""
+        for trials in (self.done, self.trials):
+            if keys := [k for k in self.params if len({t.params.get(k) for t in trials}) > 1]:
+                return keys
+        return self.params
 
 
 def _num(value: Any) -> float | None:
@@ -107,11 +112,20 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; a line cut short by a killed job is skipped."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict)]
+
+
 def _trial(sweep_dir: Path, rec: mf.TrialRecord) -> Trial:
     progress, result = mf.read_trial_files(sweep_dir, rec)
     state = {"completed": "COMPLETED", "pruned": "PRUNED"}.get(result.get("status", ""), rec.state)
-    by_epoch = {r["epoch"]: r for r in read_jsonl(sweep_dir / rec.run_dir / "metrics.jsonl")
-                if "epoch_time_s" in r or any(k.startswith("val_") for k in r)}  # fmt: skip
+    by_epoch = {r["epoch"]: r for r in _records(sweep_dir / rec.run_dir / "metrics.jsonl")
+                if "epoch" in r and ("epoch_time_s" in r or any(k.startswith("val_") for k in r))}  # fmt: skip
     params = dict(o.partition("=")[::2] for o in rec.overrides)
     return Trial(rec, state, params, [by_epoch[e] for e in sorted(by_epoch)], progress, result)
 
@@ -161,7 +175,8 @@ def _curves_png(sw: SweepData) -> str | None:
     axes, keys = fig.subplots(1, 2), (sw.metric, "train_loss")
     cmap = matplotlib.colormaps["tab10" if len(sw.trials) <= 10 else "tab20"]
     for i, t in enumerate(sw.trials):
-        label = _short(f"{t.rec.id} " + " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in t.params.items()), 48)
+        label = f"{t.rec.id} " + " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v, 14)}" for k, v in t.params.items())
+        label = label if len(label) <= 60 else label[:59] + "…"
         for ax, key in zip(axes, keys):
             points = [(r["epoch"], v) for r in t.epochs if (v := _num(r.get(key))) is not None]
             if points:

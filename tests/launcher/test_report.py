@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -53,6 +54,8 @@ def fake_sweep(tmp_path, name="t", executor="local", ran=True):
     man = mf.Manifest(name, "base", [], "val_top1", "max", {"executor": executor}, None, "2026-01-02T03:04:05", trials)
     mf.write(tmp_path, man)
     if ran:
+        with open(tmp_path / "trials/a1/metrics.jsonl", "a") as f:
+            f.write('{"step": 12, "epo')  # a line cut short by a killed job
         log = "".join(f"line {i}\n" for i in range(50)) + "boom: <bad> & worse\n"
         (tmp_path / "trials/d4/train.log").write_text(log)
     return tmp_path
@@ -132,6 +135,7 @@ def test_wandb_report_spec_offline(tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setattr(wandb, "Api", lambda *a, **k: pytest.fail("the W&B API was called"))
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("a network connection was opened"))
     monkeypatch.setenv("WANDB_ENTITY", "team-y")
     out = report.build_wandb_report(fake_sweep(tmp_path, name="lr-grid"))
     assert out == tmp_path / "wandb_report.json"
