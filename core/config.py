@@ -233,14 +233,20 @@ def resolve_recipe(recipe: str | Path) -> Path:
     return named
 
 
-def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML recipe; a top-level `base: NAME` inherits from another recipe (deep-merged)."""
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (recipe, sweep, cluster config), or an FtlError naming the file."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as e:
         raise FtlError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise FtlError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+        raise FtlError(f"{path}: a {what} must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML recipe; a top-level `base: NAME` inherits from another recipe (deep-merged)."""
+    data = read_yaml_mapping(path, "recipe")
     base = data.pop("base", None)
     _check_keys(data, str(path))
     if base is None:

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from core.config import read_yaml_mapping
 from core.errors import FtlError, did_you_mean
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "cluster_configs"
@@ -57,10 +57,7 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
     if not path.is_file():
         raise FtlError(f"unknown cluster '{name_or_path}'{did_you_mean(str(name_or_path), list_clusters())}; "
                        f"clusters: {', '.join(list_clusters())} (or a path to a YAML file)")  # fmt: skip
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FtlError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml_mapping(path, "cluster config")
     valid = [f.name for f in dataclasses.fields(ClusterConfig)]
     for key in data:
         if key not in valid:

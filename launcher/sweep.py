@@ -147,12 +147,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
         if not named.is_file():
             raise FtlError(f"sweep file not found: {path}")
         path = named
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FtlError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise FtlError(f"{path}: a sweep file must be a mapping")
+    spec = config_lib.read_yaml_mapping(path, "sweep file")
     for key in spec:
         if key not in SWEEP_KEYS:
             raise FtlError(f"{path}: unknown sweep key '{key}'{did_you_mean(key, SWEEP_KEYS)}")
