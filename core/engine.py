@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass

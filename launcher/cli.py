@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -3,10 +3,10 @@
 import pytest
 from PIL import Image
 
+from core.config import AugmentConfig
 from core.data import bundled
 from core.data.datasets import build_datasets, stratified_split
 from core.data.transforms import eval_transform, train_transform
-from core.config import AugmentConfig
 from core.errors import FtlError
 
 
