@@ -262,7 +262,8 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
     say(f"ftl: data {len(parts.splits.train)} train / {len(parts.splits.val)} val images, "
         f"{len(parts.splits.classes)} classes; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
         f"precision {t.precision}")  # fmt: skip
-    say("ftl: parameter groups (peak LRs)\n" + param_group_table(optimizer, {id(p): n for n, p in unwrapped.named_parameters()}))
+    names = {id(p): n for n, p in unwrapped.named_parameters()}
+    say("ftl: parameter groups\n" + param_group_table(optimizer, names, peak))
     say(f"ftl: run dir {run_dir}" + (f" (resuming {resume_from.name}, epoch {state.epoch + 1})" if resume_from else ""))
 
     # --- the loop ---

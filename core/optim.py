@@ -87,15 +87,15 @@ def set_peak_lr(optimizer: torch.optim.Optimizer, peak: float) -> None:
         group["lr"] = group["initial_lr"] = peak * group["ftl_lr_scale"]
 
 
-def param_group_table(optimizer: torch.optim.Optimizer, named: dict[int, str]) -> str:
-    """A table of the optimizer's groups: layers, lr, weight decay and parameter count."""
-    rows = [f"{'group':>5}  {'layers':<44} {'lr':>9} {'wd':>7} {'params':>10}"]
+def param_group_table(optimizer: torch.optim.Optimizer, named: dict[int, str], peak_lr: float) -> str:
+    """A table of the optimizer's groups: layers, peak lr, weight decay and parameter count."""
+    rows = [f"{'group':>5}  {'layers':<44} {'peak lr':>9} {'wd':>7} {'params':>10}"]
     for i, g in enumerate(optimizer.param_groups):
         names = g.get("ftl_names") or [named.get(id(p), "?") for p in g["params"]]
         span = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
         span = span if len(span) <= 44 else span[:41] + "..."
         count = sum(p.numel() for p in g["params"])
-        rows.append(f"{i:>5}  {span:<44} {g['lr']:>9.2e} {g['weight_decay']:>7.3g} {count:>10,}")
+        rows.append(f"{i:>5}  {span:<44} {peak_lr * g['ftl_lr_scale']:>9.2e} {g['weight_decay']:>7.3g} {count:>10,}")
     return "\n".join(rows)
 
 
