@@ -271,7 +271,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return parsed  # type: ignore[return-value]
 
 
-def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig | None = None) -> DictConfig:
+def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig | None = None,
+          check: bool = True) -> DictConfig:  # fmt: skip
     """Merge plain dicts onto the schema (or onto an already built `base`, which is much faster: the structured
     schema is the costly part) and validate types, choices and ranges."""
     cfg = base if base is not None else OmegaConf.structured(Config)
@@ -281,7 +282,8 @@ def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "?"
         raise FtlError(f"{source}: {key}: {str(e).splitlines()[0]}") from None
-    validate(cfg, source)
+    if check:
+        validate(cfg, source)
     return cfg  # type: ignore[return-value]
 
 

@@ -301,7 +301,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
             if state.global_step % t.log_every_steps == 0:
                 train_loss = (loss_sum / loss_n).item()  # a device sync: only every log_every_steps
                 lr = optimizer.param_groups[-1]["lr"]
-                log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "lr": lr,
+                log({"step": state.global_step, "epoch": state.epoch + 1, "train_loss": train_loss, "lr": lr,
                      "input_px": batch[0].shape[-1]})  # fmt: skip
                 bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
             if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:

@@ -30,7 +30,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a half-written last line of a killed run
+            continue
+    return records
 
 
 def truncate_after(path: str | Path, global_step: int) -> None:

@@ -153,6 +153,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    if args.wandb:
+        from launcher.wandb_report import build_wandb_report
+
+        out = build_wandb_report(args.sweep_dir, args.out)
+        print(f"ftl: W&B report spec written to {out} (publish online with launcher.wandb_report.load_wandb_report)")
+        return 0
+    from launcher.report import build_report
+
+    print(f"ftl: report written to {build_report(args.sweep_dir, args.out, args.metric)} (opens offline)")
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     from core.zoo import OFFLINE_ZOO
 
@@ -235,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("sweep_dir")
     sync.add_argument("--dry-run", action="store_true", help="list the runs; upload nothing")
     sync.set_defaults(func=cmd_sync)
+
+    report = verbs.add_parser("report", help="a self-contained HTML report of a sweep (or a W&B Report spec)")
+    report.add_argument("sweep_dir")
+    report.add_argument("--out", type=Path, help="default: SWEEP_DIR/report.html (or wandb_report.json)")
+    report.add_argument("--metric", help="rank trials by this metric (default: the sweep's)")
+    report.add_argument("--wandb", action="store_true", help="write a W&B Report spec (wandb-workspaces) instead")
+    report.set_defaults(func=cmd_report)
 
     zoo = verbs.add_parser("zoo", help="list the offline pretrained weights")
     zoo.set_defaults(func=cmd_zoo)

@@ -59,8 +59,8 @@ def test_progressive_resizing_and_phases_in_a_run(lfw, tmp_path):
                                  "model.act_layer": "mish"})  # fmt: skip
     result = engine.fit(config.load("fine_tune", over), tmp_path / "run")
     steps = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "input_px" in r]
-    assert {r["input_px"] for r in steps if r["epoch"] == 0} == {32}
-    assert {r["input_px"] for r in steps if r["epoch"] == 1} == {48}
+    assert {r["input_px"] for r in steps if r["epoch"] == 1} == {32}  # epochs count from 1 in every record
+    assert {r["input_px"] for r in steps if r["epoch"] == 2} == {48}
     assert "val_ema_top1" in result and (tmp_path / "run" / "export" / "ema.safetensors").is_file()
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from core.errors import FtlError
 from launcher import manifest as mf
-from launcher import report
+from launcher import report, wandb_report
 from tests.conftest import run_ftl
 
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWarning")  # from wandb-workspaces
@@ -104,7 +104,7 @@ def test_not_a_sweep_dir(tmp_path):
     with pytest.raises(FtlError, match="is not a sweep dir"):
         report.build_report(tmp_path)
     with pytest.raises(FtlError, match="is not a sweep dir"):
-        report.build_wandb_report(tmp_path)
+        wandb_report.build_wandb_report(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -114,7 +114,7 @@ def test_sweep_with_no_finished_trial(tmp_path):
     assert list(found) == list(SECTIONS) and "No finished trial" in found["summary"]
     assert "data:image" not in page and all("nothing to plot" in found[s] for s in PLOTS)
     assert "No best trial yet" in found["best"] and "No failed" in found["failures"]
-    assert json.loads(report.build_wandb_report(tmp_path).read_text())["displayName"] == "ftl sweep t"
+    assert json.loads(wandb_report.build_wandb_report(tmp_path).read_text())["displayName"] == "ftl sweep t"
 
 
 def test_slurm_failure_logs_come_from_the_newest_job(tmp_path):
@@ -137,7 +137,7 @@ def test_wandb_report_spec_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(wandb, "Api", lambda *a, **k: pytest.fail("the W&B API was called"))
     monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("a network connection was opened"))
     monkeypatch.setenv("WANDB_ENTITY", "team-y")
-    out = report.build_wandb_report(fake_sweep(tmp_path, name="lr-grid"))
+    out = wandb_report.build_wandb_report(fake_sweep(tmp_path, name="lr-grid"))
     assert out == tmp_path / "wandb_report.json"
     text = out.read_text()
     spec = json.loads(text)
@@ -146,11 +146,11 @@ def test_wandb_report_spec_offline(tmp_path, monkeypatch):
         assert f'"viewType": "{kind}"' in text
     assert '"value": "lr-grid"' in text and '"name": "group"' in text  # runsets: W&B group = the sweep name
     assert "config:optim.value.lr" in text and "summary:val_top1" in text and "boom: <bad>" in text
-    loaded = report.load_wandb_report(out)  # what `.save()` would publish, once online
+    loaded = wandb_report.load_wandb_report(out)  # what `.save()` would publish, once online
     grids = [b for b in loaded.blocks if type(b).__name__ == "PanelGrid"]
     assert loaded.entity == "team-y" and len(grids) == 4
     assert {(r.entity, r.project) for g in grids for r in g.runsets} == {("team-y", "proj-x")}
-    out = report.build_wandb_report(tmp_path, out=tmp_path / "w.json", project="p", entity="e")
+    out = wandb_report.build_wandb_report(tmp_path, out=tmp_path / "w.json", project="p", entity="e")
     assert json.loads(out.read_text())["project"] == {"name": "p", "entityName": "e"}
 
 
@@ -184,7 +184,7 @@ def test_report_of_a_real_sweep(sweep_dir):
     assert "<th>data.train_dir</th><th>optim.lr</th>" in found["table"]
     assert "missing" in found["failures"] and "no such directory" in found["failures"]
     assert "model:" in found["best"] and "train.log" in found["failures"]
-    spec = report.build_wandb_report(sweep_dir).read_text()
+    spec = wandb_report.build_wandb_report(sweep_dir).read_text()
     assert '"value": "rep"' in spec and "Parallel Coordinates Plot" in spec
 
 
