@@ -58,25 +58,37 @@ def _stop_after(n: int):
     return should_stop
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_mid_epoch_is_bit_exact(lfw, tmp_path, workers):
-    """Stop after 3 updates of epoch 1 (of 2, 5 batches each), resume, and end with the same weights."""
+PHASED = {"finetune.freeze_epochs": 1, "augment.mixup": 0.4, "augment.cutmix": 1.0, "train.ema": "true",
+          "augment.policy": "rand-m5-mstd0.5", "data.image_size": "[[0,48],[1,64]]"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("recipe", "workers", "extra", "stop", "where"),
+    [
+        ("base", 0, {}, 3, (0, 3)),  # stop after 3 of 5 updates of epoch 1
+        ("fine_tune", 2, PHASED, 7, (1, 2)),  # phases, MixUp/CutMix, EMA, RandAugment, resizing: stop in epoch 2
+    ],
+)
+def test_resume_mid_epoch_is_bit_exact(lfw, tmp_path, recipe, workers, extra, stop, where):
+    """Stop mid-epoch (2 epochs of 5 batches), resume, and end with the same weights as an uninterrupted run."""
     over = lfw_overrides(lfw, **{"data.num_workers": workers, "data.batch_size": 8, "train.deterministic": "true",
-                                 "model.head_dropout": 0.3, "augment.color_jitter": 0.2})  # fmt: skip
-    cfg = config.load("base", over)
+                                 "model.head_dropout": 0.3, "augment.color_jitter": 0.2, **extra})  # fmt: skip
+    cfg = config.load(recipe, over)
     full = engine.fit(cfg, tmp_path / "full")
-    part = engine.fit(cfg, tmp_path / "part", should_stop=_stop_after(3))
-    assert part["status"] == "interrupted" and part["epoch"] == 0 and part["step_in_epoch"] == 3
-    assert not (tmp_path / "part" / "export").exists()
-    resumed = engine.fit(config.load("base", [*over, f"resume={tmp_path / 'part'}"]))
-    a = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
-    b = load_file(str(tmp_path / "part" / "export" / "last.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    part = engine.fit(cfg, tmp_path / "part", should_stop=_stop_after(stop))
+    assert part["status"] == "interrupted" and (part["epoch"], part["step_in_epoch"]) == where
+    assert (tmp_path / "part" / "export").exists() == (where[0] > 0)
+    resumed = engine.fit(config.load(recipe, [*over, f"resume={tmp_path / 'part'}"]))
+    for name in ("last", "ema") if extra else ("last",):
+        a = load_file(str(tmp_path / "full" / "export" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "part" / "export" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
     steps = [r["step"] for r in read_jsonl(tmp_path / "part" / "metrics.jsonl") if "lr" in r]
     assert steps == sorted(set(steps))  # no duplicated step records after resume
     # Control: the check can fail - another seed ends elsewhere.
-    engine.fit(config.load("base", [*over, "train.seed=1"]), tmp_path / "other")
+    engine.fit(config.load(recipe, [*over, "train.seed=1"]), tmp_path / "other")
+    a = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
     c = load_file(str(tmp_path / "other" / "export" / "last.safetensors"))
     assert not torch.equal(a["classifier.1.weight"], c["classifier.1.weight"])
 

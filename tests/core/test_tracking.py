@@ -27,6 +27,8 @@ def test_offline_run_has_config_group_name_and_metrics(lfw, tmp_path, monkeypatc
     assert any("train_loss" in h and "lr" in h for h in run["history"])
     assert any(k.startswith("val_samples") for h in run["history"] for k in h)  # the table of predictions
     assert list((run_dir / "files" / "media" / "table").glob("val_samples*.table.json"))
+    assert any(k.startswith("augment_preview") for h in run["history"] for k in h)
+    assert list((run_dir / "files" / "media" / "images").glob("augment_preview*.png"))
 
 
 def test_same_run_id_after_resume(lfw, tmp_path, monkeypatch):
