@@ -135,3 +135,21 @@ def test_unknown_partition_and_sbatch_errors_submit_nothing(slurm, lfw, tmp_path
                    "--out", tmp_path / "b")  # fmt: skip
     assert proc.returncode == 2 and "sbatch failed: Batch job submission failed" in proc.stderr
     assert not (tmp_path / "b").exists() and "Traceback" not in proc.stderr
+
+
+def test_sweep_over_max_array_size_is_split(slurm, lfw, tmp_path):
+    """1,100 trials with MaxArraySize=1001: two arrays (1,001 + 99 tasks), queued held so nothing runs."""
+    grid = {"optim.lr": [round(1e-4 * (i + 1), 6) for i in range(11)], "train.seed": list(range(100))}
+    path = write_sweep(tmp_path, lfw, name="big", grid=grid)
+    out = tmp_path / "sw"
+    try:
+        proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, sbatch={"hold": True}), "--out", out)
+        assert proc.returncode == 0 and "queued 1100 of 1100" in proc.stdout, proc.stderr
+        man = mf.read(out)
+        arrays: dict[str, int] = {}
+        for t in man.trials.values():
+            arrays[t.job_id.split("_")[0]] = arrays.get(t.job_id.split("_")[0], 0) + 1
+        assert sorted(arrays.values()) == [99, 1001]
+        assert "1100 pending" in run_ftl("status", out, "--limit", "0").stdout
+    finally:
+        assert "cancelled 1100" in run_ftl("cancel", out).stdout
