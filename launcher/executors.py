@@ -99,7 +99,8 @@ class LocalExecutor(Executor):
             state = json.loads((trial_dir / "local_state.json").read_text()) if (trial_dir / "local_state.json").is_file() else {}
             if state.get("state") == "RUNNING" and state.get("pid"):
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(state["pid"], signal.SIGTERM)
+                    # as SLURM does before a time limit: the trial checkpoints at its next update and exits
+                    os.kill(state["pid"], signal.SIGUSR2)
             if state.get("state") in ("PENDING", "RUNNING"):
                 write_json_atomic(trial_dir / "local_state.json", {**state, "state": "CANCELLED"})
 
