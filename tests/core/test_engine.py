@@ -86,6 +86,8 @@ def test_resume_mid_epoch_is_bit_exact(lfw, tmp_path, recipe, workers, extra, st
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
     steps = [r["step"] for r in read_jsonl(tmp_path / "part" / "metrics.jsonl") if "lr" in r]
     assert steps == sorted(set(steps))  # no duplicated step records after resume
+    if extra:
+        return
     # Control: the check can fail - another seed ends elsewhere.
     engine.fit(config.load(recipe, [*over, "train.seed=1"]), tmp_path / "other")
     a = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
