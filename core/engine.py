@@ -134,6 +134,8 @@ class Parts:
 
 def build_parts(cfg: DictConfig) -> Parts:
     d, m, t, f = cfg.data, cfg.model, cfg.train, cfg.finetune
+    if d.loader == "ffcv":  # `auto` takes the torch path until the FFCV loader lands
+        raise FtlError("data.loader=ffcv: the FFCV loader is not part of ftl yet; use data.loader=torch (or auto)")
     splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
     model, source = build_model(m.name, len(splits.classes), m.pretrained, m.head, m.head_hidden, m.head_dropout,
                                 m.drop_path_rate, m.act_layer)  # fmt: skip
