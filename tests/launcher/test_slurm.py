@@ -76,8 +76,8 @@ def test_array_of_ten_trials_with_a_failing_one(slurm, lfw, tmp_path):
 def test_two_node_trial_trains_one_model(slurm, lfw, tmp_path):
     path = write_sweep(tmp_path, lfw, name="mn", grid={"optim.lr": [1e-3]})
     out = tmp_path / "sw"
-    # Submitted from inside another job: its SLURM_*/SBATCH_* variables must not leak (SBATCH_HOLD would hold it).
-    parent = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "7", "SLURM_CPUS_PER_TASK": "64", "SBATCH_HOLD": "1"}
+    # Submitted from inside another job: its SLURM_*/SBATCH_* variables must not leak (SBATCH_CONSTRAINT would fail sbatch).
+    parent = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "7", "SLURM_CPUS_PER_TASK": "64", "SBATCH_CONSTRAINT": "nonexistent"}
     proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, nodes=2), "--out", out, env=parent)
     assert proc.returncode == 0, proc.stderr
     assert run_ftl("wait", out, "--poll", "2", timeout=900).returncode == 0
