@@ -199,7 +199,7 @@ def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = N
     man, rows = refresh(sweep_dir)
     submitted = [r for r in rows if r.state not in ("NEW", "HELD")]
     start = time.monotonic()
-    with tqdm(total=len(submitted), desc="trials done", unit="trial") as bar:
+    with tqdm(total=len(submitted), desc="trials done", unit="trial", disable=None) as bar:  # no bar in logs
         while True:
             done = sum(r.state in mf.FINAL_STATES for r in rows if r.state not in ("NEW", "HELD"))
             bar.n = done

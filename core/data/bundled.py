@@ -90,7 +90,8 @@ def prepare(
             "classes": list(classes) if classes is not None else None, "val_first": val_first}  # fmt: skip
     if out.exists():
         marker = out / MARKER
-        if marker.is_file() and json.loads(marker.read_text()).get("request") == meta:
+        stored = json.loads(marker.read_text()).get("request", {}) if marker.is_file() else None
+        if stored is not None and {**dict.fromkeys(meta), **stored} == meta:  # options added later default to None
             return out
         raise FtlError(f"{out} already exists and is not this dataset; choose another --out or remove it")
     loader, names = DATASETS[name]
