@@ -336,11 +336,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
             + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if ema is not None else "") + f" ({epoch_time:.1f}s)")  # fmt: skip
         if accelerator.is_main_process:
             meta = {**export_meta, "image_size": size, "epoch": state.epoch, "step": state.global_step}
-            ckpt.export_weights(unwrapped, run_dir / "export", "last", {**meta, "metrics": metrics})
-            if is_best:
-                ckpt.export_weights(unwrapped, run_dir / "export", "best", {**meta, "metrics": metrics})
-            if ema is not None:
-                ckpt.export_weights(ema.module, run_dir / "export", "ema", {**meta, "metrics": metrics})
+            _export_epoch(run_dir, unwrapped, ema, is_best, meta, metrics)
         ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
         if accelerator.is_main_process:
             write_json_atomic(run_dir / "progress.json", {"epoch": state.epoch, "epochs": t.epochs,
@@ -360,6 +356,13 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         _wandb_media(cfg, wandb_run, unwrapped, parts, run_dir, state.global_step, accelerator.device)
         wandb_run.finish()
     return result
+
+
+def _export_epoch(run_dir: Path, model, ema, is_best: bool, meta: dict[str, Any], metrics: dict[str, float]) -> None:
+    """export/last (and best, and ema) safetensors with model.json, after an epoch (main process)."""
+    names = [("last", model)] + [("best", model)] * is_best + ([("ema", ema.module)] if ema is not None else [])
+    for name, weights in names:
+        ckpt.export_weights(weights, run_dir / "export", name, {**meta, "metrics": metrics})
 
 
 def _wandb_tracker(cfg: DictConfig, run_dir: Path):
