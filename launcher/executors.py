@@ -73,10 +73,10 @@ class LocalExecutor(Executor):
         queue = self.sweep_dir / "local_queue.json"
         pending = json.loads(queue.read_text()) if queue.is_file() else []
         write_json_atomic(queue, pending + [t.run_dir for t in trials if t.run_dir not in pending])
-        log = open(self.sweep_dir / "logs" / "local_runner.log", "a")
-        subprocess.Popen([sys.executable, "-m", "launcher.local_runner", str(self.sweep_dir),
-                          str(self.cluster.max_parallel)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env=_clean_env())  # fmt: skip
+        with open(self.sweep_dir / "logs" / "local_runner.log", "a") as log:  # the child keeps its own copy
+            subprocess.Popen([sys.executable, "-m", "launcher.local_runner", str(self.sweep_dir),
+                              str(self.cluster.max_parallel)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env=_clean_env())  # fmt: skip
         return {t.id: f"local-{t.id}" for t in trials}, ""
 
     def states(self, job_ids: list[str]) -> dict[str, str]:

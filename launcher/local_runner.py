@@ -29,10 +29,10 @@ def read_state(run_dir: Path) -> dict:
 
 def start(run_dir: Path) -> subprocess.Popen:
     spec = json.loads((run_dir / "trial.json").read_text())
-    log = open(run_dir / "train.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.run_trial", str(run_dir / "trial.json")], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, **spec.get("env", {})})  # fmt: skip
+    with open(run_dir / "train.log", "a") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.run_trial", str(run_dir / "trial.json")], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, **spec.get("env", {})})  # fmt: skip
     write_json_atomic(run_dir / "local_state.json", {"state": "RUNNING", "pid": proc.pid, "started": time.time()})
     return proc
 
