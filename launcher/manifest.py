@@ -26,10 +26,9 @@ from core.errors import FtlError
 from core.fileio import write_json_atomic
 
 MANIFEST = "manifest.json"
-# SLURM states that end a trial for good, and those that mean it will run again.
+# SLURM (and ftl) states that end a trial for good.
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
                 "PRUNED"}  # fmt: skip
-COMING_BACK = {"PREEMPTED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"}
 
 
 @dataclass

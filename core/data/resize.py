@@ -25,7 +25,3 @@ def image_size_at(spec: Any, epoch: int, epochs: int = 1) -> int:
         raise ValueError("[[start_epoch, size], ...] must start at epoch 0 with increasing epochs and sizes > 0")
     return [size for start, size in pairs if start <= epoch][-1]
 
-
-def resize_epochs(spec: Any, epochs: int) -> list[int]:
-    """The size of every epoch of a run."""
-    return [image_size_at(spec, e, epochs) for e in range(epochs)]
