@@ -37,8 +37,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_dir: str = MISSING  # ImageFolder root of the training images
-    val_dir: str | None = None  # ImageFolder root of validation images; None -> seeded stratified split
+    train_dir: str = MISSING  # ImageFolder root of the training images (or a .beton, for the FFCV loader)
+    val_dir: str | None = None  # ImageFolder root (or .beton) of validation images; None -> seeded stratified split
     val_split: float = 0.2  # fraction of train_dir held out when val_dir is None
     num_classes: int | None = None  # optional check against the class folders found
     image_size: Any = 224  # int, or progressive resizing: [64, 96] (equal parts) or [[0, 64], [3, 96]] (from epoch)
@@ -46,7 +46,10 @@ class DataConfig:
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # default: 2 x batch_size
     num_workers: int = 2
-    loader: str = "torch"  # torch | ffcv | auto
+    loader: str = "torch"  # torch | ffcv | auto (ffcv when installed and the .beton files exist)
+    ffcv_decoder: str = "ftl"  # ftl (crop inside the JPEG decode) | stock (FFCV's own decoders)
+    ffcv_order: str = "random"  # random (OS page cache, sharded over ranks) | quasi-random (larger than RAM)
+    ffcv_os_cache: bool = True  # false: FFCV's process cache (with quasi-random)
     mean: list[float] | None = None  # default: the pretrained model's own
     std: list[float] | None = None
 
@@ -161,6 +164,8 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
     "data.loader": ("torch", "ffcv", "auto"),
+    "data.ffcv_decoder": ("ftl", "stock"),
+    "data.ffcv_order": ("random", "quasi-random"),
     "schedule.name": ("onecycle", "cosine", "constant"),
     "train.precision": ("no", "bf16", "fp16"),
     "finetune.strategy": ("full", "linear-probe", "freeze-then-unfreeze", "gradual"),
@@ -308,6 +313,9 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         problems.append(f"augment.scale={scale} must be [min, max] with 0 < min <= max <= 1")
     problems += _check_lr(cfg.optim.lr) + _check_image_size(cfg.data.image_size)
+    if cfg.data.loader == "ffcv":  # the device augmentation has no policies and no hue shift
+        problems += [f"augment.{k}={cfg.augment[k]!r} runs only on the torch path: set data.loader=torch or drop it"
+                     for k in ("policy", "hue") if cfg.augment[k]]  # fmt: skip
     if cfg.optim.lr_spread < 1:
         problems.append(f"optim.lr_spread={cfg.optim.lr_spread} must be >= 1 (the stem gets lr / lr_spread)")
     if problems:

@@ -7,6 +7,7 @@ output dir) is checked before the run dir is written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -98,22 +99,27 @@ def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_gra
 
 @torch.no_grad()
 def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 over the whole loader, gathered from every rank (so every rank agrees)."""
+    """Mean loss, top-1 and top-5 over the whole loader, from every rank (so every rank agrees). Accelerate's
+    loaders pad the last batches (gather_for_metrics drops the padding); FFCV loaders shard exactly, with shards
+    that may differ in length, so each rank sums its own and the sums are added once at the end."""
     model.eval()
-    losses, top1, top5 = [], [], []
+    exact = getattr(loader, "exact_shards", False)
+    sums = torch.zeros(4, device=accelerator.device)  # loss, top-1 hits, top-5 hits, samples
     for images, targets in loader:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images).float()
         loss = F.cross_entropy(logits, targets, reduction="none")
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
-        loss, h1, h5 = accelerator.gather_for_metrics((loss, hits[:, 0].float(), hits.any(1).float()))
-        losses.append(loss)
-        top1.append(h1)
-        top5.append(h5)
-    n = sum(len(x) for x in losses)
-    mean = lambda xs: (torch.cat(xs).sum() / max(n, 1)).item()  # noqa: E731
-    return {"val_loss": mean(losses), "val_top1": mean(top1), "val_top5": mean(top5), "val_n": n}
+        values = (loss, hits[:, 0].float(), hits.any(1).float())
+        if not exact:
+            values = accelerator.gather_for_metrics(values)
+        sums += torch.stack([values[0].sum(), values[1].sum(), values[2].sum(), sums.new_tensor(len(values[0]))])
+    if exact:
+        sums = accelerator.reduce(sums, "sum")
+    loss, top1, top5, n = sums.tolist()
+    n = max(n, 1)
+    return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n, "val_n": int(sums[3].item())}
 
 
 @dataclass
@@ -122,7 +128,10 @@ class Parts:
 
     model: torch.nn.Module
     source: str  # where the weights came from
-    splits: DataSplits
+    loader: str  # torch | ffcv
+    classes: list[str]
+    sizes: tuple[int, int]  # train / val images
+    splits: DataSplits | None  # the torch path's datasets
     stages: list[list[str]]  # parameter names per coarse stage (stem .. head)
     always_frozen: set[str]  # frozen by model.freeze, never trained
     phases: list[Phase]
@@ -132,12 +141,23 @@ class Parts:
     augment: AugmentConfig
 
 
-def build_parts(cfg: DictConfig) -> Parts:
+def build_parts(cfg: DictConfig, say: Callable[[str], None] = print) -> Parts:
+    from core.data.beton import choose_loader, open_beton
+
     d, m, t, f = cfg.data, cfg.model, cfg.train, cfg.finetune
-    if d.loader == "ffcv":  # `auto` takes the torch path until the FFCV loader lands
-        raise FtlError("data.loader=ffcv: the FFCV loader is not part of ftl yet; use data.loader=torch (or auto)")
-    splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
-    model, source = build_model(m.name, len(splits.classes), m.pretrained, m.head, m.head_hidden, m.head_dropout,
+    loader = choose_loader(d, say)
+    splits = None
+    if loader == "torch":
+        splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
+        classes, sizes = splits.classes, (len(splits.train), len(splits.val))
+    else:
+        from core.data.ffcv_loader import open_split
+
+        train, t_idx, _, v_idx = open_split(d, t.seed)
+        classes, sizes = train.classes, (len(t_idx), len(v_idx))
+        if d.num_classes is not None and d.num_classes != len(classes):
+            raise FtlError(f"data.num_classes={d.num_classes} but {train.path} has {len(classes)} classes")
+    model, source = build_model(m.name, len(classes), m.pretrained, m.head, m.head_hidden, m.head_dropout,
                                 m.drop_path_rate, m.act_layer)  # fmt: skip
     freeze(model, m.freeze, f.train_bn)
     always_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -150,13 +170,20 @@ def build_parts(cfg: DictConfig) -> Parts:
     mean = list(d.mean or model.pretrained_cfg["mean"])
     std = list(d.std or model.pretrained_cfg["std"])
     augment = augment_config(cfg.augment)
-    splits.train.transform = train_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, augment)
-    splits.val.transform = eval_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, d.crop_pct)
-    return Parts(model, source, splits, stages, always_frozen, phases, optimizer, mean, std, augment)
+    if splits is not None:
+        splits.train.transform = train_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, augment)
+        splits.val.transform = eval_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, d.crop_pct)
+    return Parts(model, source, loader, classes, sizes, splits, stages, always_frozen, phases, optimizer, mean, std,
+                 augment)  # fmt: skip
 
 
-def set_image_size(parts: Parts, size: int, crop_pct: float) -> None:
-    """Progressive resizing: new transforms take effect in the next epoch's (freshly started) loader workers."""
+def set_image_size(parts: Parts, loaders: tuple, size: int, crop_pct: float) -> None:
+    """Progressive resizing. torch: new transforms take effect in the next epoch's (freshly started) loader
+    workers; ffcv: the decoders' output size, read when the next epoch allocates its buffers."""
+    if parts.splits is None:
+        for loader in loaders:
+            loader.set_image_size(size)
+        return
     parts.splits.train.transform = train_transform(size, parts.mean, parts.std, parts.augment)
     parts.splits.val.transform = eval_transform(size, parts.mean, parts.std, crop_pct)
 
@@ -170,15 +197,25 @@ def make_loss(label_smoothing: float) -> Callable:
 
 
 def prepare(accelerator, cfg: DictConfig, parts: Parts):
-    """Loaders, channels_last / compile, and Accelerate's prepare (DDP wrapping happens here)."""
+    """Loaders, channels_last / compile, and Accelerate's prepare (DDP wrapping happens here). FFCV loaders shard
+    by rank themselves and are not given to Accelerate."""
     d, m = cfg.data, cfg.model
-    train_loader, val_loader = build_loaders(parts.splits, d.batch_size, d.eval_batch_size, d.num_workers,
-                                             cfg.train.seed, pin_memory=accelerator.device.type == "cuda")  # fmt: skip
     model = parts.model
     if m.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if m.compile:
         model = torch.compile(model)
+    if parts.loader == "ffcv":
+        from core.data.ffcv_loader import build_ffcv_loaders
+
+        size = image_size_at(d.image_size, 0, cfg.train.epochs)
+        train_loader, val_loader = build_ffcv_loaders(d, cfg.train.seed, parts.augment, parts.mean, parts.std, size,
+                                                      accelerator.device, accelerator.process_index,
+                                                      accelerator.num_processes, m.channels_last)  # fmt: skip
+        model, optimizer = accelerator.prepare(model, parts.optimizer)
+        return model, optimizer, train_loader, val_loader
+    train_loader, val_loader = build_loaders(parts.splits, d.batch_size, d.eval_batch_size, d.num_workers,
+                                             cfg.train.seed, pin_memory=accelerator.device.type == "cuda")  # fmt: skip
     return accelerator.prepare(model, parts.optimizer, train_loader, val_loader)
 
 
@@ -218,7 +255,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
     seed_everything(cfg)
 
     # --- setup: every user-fixable problem surfaces here, before anything is written ---
-    parts = build_parts(cfg)
+    parts = build_parts(cfg, say)
     run_dir = broadcast_object_list([choose_run_dir(cfg, run_dir) if accelerator.is_main_process else None])[0]
     resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
     model, optimizer, train_loader, val_loader = prepare(accelerator, cfg, parts)
@@ -237,7 +274,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
     ema = ModelEmaV3(unwrapped, decay=t.ema_decay) if t.ema else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    mixer = batch_mixer(parts.augment, len(parts.splits.classes))
+    mixer = batch_mixer(parts.augment, len(parts.classes))
 
     # --- the run dir: config, metrics, checkpoints, exports ---
     state = ckpt.TrainerState()
@@ -257,12 +294,12 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         logger.log(record)
         if wandb_run is not None:
             wandb_run.log(record, step=record["step"])
-    export_meta = {"model": m.name, "classes": parts.splits.classes, "num_classes": len(parts.splits.classes),
+    export_meta = {"model": m.name, "classes": parts.classes, "num_classes": len(parts.classes),
                    "head": m.head, "mean": parts.mean, "std": parts.std, "config": OmegaConf.to_container(cfg)}  # fmt: skip
 
     say(f"ftl: model {m.name} from {parts.source}")
-    say(f"ftl: data {len(parts.splits.train)} train / {len(parts.splits.val)} val images, "
-        f"{len(parts.splits.classes)} classes; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
+    say(f"ftl: data {parts.sizes[0]} train / {parts.sizes[1]} val images, {len(parts.classes)} classes, "
+        f"{parts.loader} loader; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
         f"precision {t.precision}")  # fmt: skip
     names = {id(p): n for n, p in unwrapped.named_parameters()}
     say("ftl: parameter groups\n" + param_group_table(optimizer, names, peak))
@@ -280,10 +317,8 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
                 f"0..{len(parts.stages) - 1} train; {count_params(unwrapped)}")  # fmt: skip
         if size != (new := image_size_at(d.image_size, state.epoch, t.epochs)):
             size = new
-            set_image_size(parts, size, d.crop_pct)
-        train_loader.set_epoch(state.epoch)
-        parts.splits.train.set_epoch(state.epoch)
-        loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
+            set_image_size(parts, (train_loader, val_loader), size, d.crop_pct)
+        loader = _epoch_loader(accelerator, parts, train_loader, state)
         model.train()
         set_frozen_bn_eval(unwrapped)
         bar = _progress(len(train_loader), state, t.epochs, accelerator.is_main_process)
@@ -353,9 +388,22 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "result.json", result)
     if wandb_run is not None:
-        _wandb_media(cfg, wandb_run, unwrapped, parts, run_dir, state.global_step, accelerator.device)
+        _wandb_media(cfg, wandb_run, unwrapped, parts, val_loader, run_dir, state.global_step, accelerator.device)
         wandb_run.finish()
     return result
+
+
+def _epoch_loader(accelerator, parts: Parts, train_loader, state: ckpt.TrainerState):
+    """The training loader set to the epoch, past the batches a resumed epoch already consumed."""
+    train_loader.set_epoch(state.epoch)
+    if parts.splits is not None:
+        parts.splits.train.set_epoch(state.epoch)
+    if not state.step_in_epoch:
+        return train_loader
+    if parts.splits is None:
+        train_loader.skip_batches(state.step_in_epoch)
+        return train_loader
+    return accelerator.skip_first_batches(train_loader, state.step_in_epoch)
 
 
 def _export_epoch(run_dir: Path, model, ema, is_best: bool, meta: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -374,24 +422,31 @@ def _wandb_tracker(cfg: DictConfig, run_dir: Path):
 
 
 @torch.no_grad()
-def _wandb_media(cfg: DictConfig, run, model, parts: Parts, run_dir: Path, step: int, device) -> None:
-    """The LR-finder plot, the augmentation preview, a table of validation samples with predictions, and
-    (optionally) the best weights."""
+def _wandb_media(cfg: DictConfig, run, model, parts: Parts, val_loader, run_dir: Path, step: int, device) -> None:
+    """The LR-finder plot, the augmentation preview (torch path), a table of validation samples with predictions,
+    and (optionally) the best weights."""
     from core.preview import augment_grid
 
     if (run_dir / "lr_find.png").is_file():
         run.log_image("lr_find", run_dir / "lr_find.png", step)
-    run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
-    n = min(cfg.tracking.log_samples, len(parts.splits.val))
+    if parts.splits is not None:
+        run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
+    n = min(cfg.tracking.log_samples, parts.sizes[1])
     if n:
         model.eval()
-        images = torch.stack([parts.splits.val[i][0] for i in range(n)])
+        if parts.splits is not None:
+            images = torch.stack([parts.splits.val[i][0] for i in range(n)])
+            labels = [parts.splits.val.samples[i][1] for i in range(n)]
+        else:  # the FFCV loader: the first validation batch(es)
+            batches = list(itertools.islice(val_loader, math.ceil(n / val_loader.batch_size)))
+            images = torch.cat([x.cpu() for x, _ in batches])[:n]
+            labels = torch.cat([y.cpu() for _, y in batches])[:n].tolist()
         probs = model(images.to(device)).float().softmax(-1).cpu()
         mean, std = torch.tensor(parts.mean).view(3, 1, 1), torch.tensor(parts.std).view(3, 1, 1)
-        classes = parts.splits.classes
+        classes = parts.classes
         rows = [[run.wandb.Image((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()),
-                 classes[parts.splits.val.samples[i][1]], classes[int(p.argmax())], float(p.max())]
-                for i, (img, p) in enumerate(zip(images, probs))]  # fmt: skip
+                 classes[label], classes[int(p.argmax())], float(p.max())]
+                for img, label, p in zip(images, labels, probs)]  # fmt: skip
         run.log_table("val_samples", ["image", "label", "prediction", "confidence"], rows, step)
     if cfg.tracking.log_model and (run_dir / "export" / "best.safetensors").is_file():
         run.log_artifact(run_dir / "export" / "best.safetensors", f"{run_dir.name}-best")

@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path) and rename tmp_path onto path; on error the temporary file is removed."""
     path = Path(path)
@@ -17,6 +21,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a shared cluster needs the usual permissions
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -62,6 +62,19 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from core.data import beton
+
+    meta = beton.convert(args.src, args.out, mode=args.mode, max_resolution=args.max_resolution,
+                         jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability,
+                         skip_bad=args.skip_bad, split=args.split, per_class=args.per_class, workers=args.workers)
+    out = args.out or str(Path(args.src).expanduser().resolve().with_suffix(".beton"))
+    skipped = f", skipped {len(meta['skipped'])} unreadable (listed in the sidecar)" if meta["skipped"] else ""
+    print(f"ftl: wrote {out} ({meta['num_samples']} images, {len(meta['classes'])} classes, {meta['mode']}, "
+          f"{meta['beton_bytes'] / 2**20:.1f} MiB in {meta['seconds']:.1f}s{skipped}); sidecar {out}.json")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         from launcher.clusters import load_cluster
@@ -221,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--val-first", type=int, help="first N validation images overall (official order)")
     prep.add_argument("--classes", help="keep these class indices, e.g. 0-4 or 5,7,9")
     prep.set_defaults(func=cmd_data_prepare)
+    conv = data.add_parser("convert", help="write an ImageFolder root or a bundled dataset as an FFCV .beton")
+    conv.add_argument("src", help="ImageFolder root (ROOT/<class>/<image>) or a bundled dataset name")
+    conv.add_argument("--out", help="the .beton file (default for a folder: SRC.beton, next to it)")
+    conv.add_argument("--mode", default="jpg", choices=["jpg", "raw", "proportion"],
+                      help="how images are stored: JPEG, raw pixels, or a random share as JPEG")
+    conv.add_argument("--max-resolution", type=int, help="shrink images so the longer side is at most this")
+    conv.add_argument("--jpeg-quality", type=int, default=90)
+    conv.add_argument("--compress-probability", type=float, default=0.5, help="--mode proportion: share as JPEG")
+    conv.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted) instead of failing")
+    conv.add_argument("--split", default="train", help="bundled dataset: train | val")
+    conv.add_argument("--per-class", type=int, help="first N images of each class")
+    conv.add_argument("--workers", type=int, help="writer processes (default: the CPU count, at most 8)")
+    conv.set_defaults(func=cmd_data_convert)
 
     sweep = verbs.add_parser("sweep", help="expand a sweep file and queue its trials (returns at once)")
     sweep.add_argument("sweep_file", help="jobs/sweeps/NAME.yaml, a name, or a path")
