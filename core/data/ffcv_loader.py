@@ -13,13 +13,19 @@ over a .beton that yields normalised, augmented float batches on the device, lik
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from core.data.beton import require_ffcv
+
+require_ffcv()  # noqa: E402 - sets numba's threading layer before ffcv starts numba's threads
 import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
+from ffcv.pipeline.operation import Operation
+from ffcv.pipeline.state import State
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor
 
@@ -83,9 +89,9 @@ class FfcvLoader:
         self.train, self.device, self.rank, self.batch_size = train, device, rank, batch_size
         self.epoch, self.skip = 0, 0
         self.decoder = make_decoder(decoder, train, image_size, crop_pct, augment, seed)
-        self.augment = DeviceAugment(augment, mean, std, seed, train, channels_last)
         to_device = [ToDevice(device, non_blocking=True)] if device.type != "cpu" else []  # CPU: no extra copy
-        pipelines = {"image": [self.decoder, ToTensor(), *to_device],
+        self.augment_op = _AugmentOp(DeviceAugment(augment, mean, std, seed, train, channels_last), rank)
+        pipelines = {"image": [self.decoder, ToTensor(), *to_device, self.augment_op],
                      "label": [IntDecoder(), ToTensor(), Squeeze(), *to_device]}  # fmt: skip
         drop_last = train and len(indices) // world > batch_size
         if order == "quasi-random":
@@ -125,22 +131,47 @@ class FfcvLoader:
             self.order.skip = n * self.batch_size
 
     def __iter__(self):
-        first, skip = self.skip, self.skip
-        self.skip = 0
+        skip, self.skip = self.skip, 0
+        self.augment_op.epoch = self.epoch
+        self.augment_op.batch = skip if self.order is not None else 0  # seeds follow the batch's place in the epoch
         torch_threads = torch.get_num_threads()
         batches = iter(self.loader)
-        torch.set_num_threads(torch_threads)
         try:
             for i, (images, labels) in enumerate(batches):
+                if i == 0:  # FFCV's thread set torch's thread count to its worker count when it started
+                    torch.set_num_threads(torch_threads)
                 if self.order is None and i < skip:
                     continue  # quasi-random order: skipping means decoding and dropping
-                index = i if self.order is None else first + i
-                # labels: copy out of FFCV's reused buffer; images: the float conversion makes a new tensor
-                yield self.augment(images, self.epoch, index, self.rank), labels.long().clone()
+                # labels: copied out of FFCV's reused buffer; images: the augmentation made a new tensor
+                yield images, labels.long().clone()
         finally:
             batches.close()  # stops FFCV's worker thread when the loop is left early
             if self.order is not None:
                 self.order.skip = 0
+
+
+class _AugmentOp(Operation):
+    """DeviceAugment as the last FFCV pipeline stage: it runs in FFCV's loader thread (on its CUDA stream on a GPU),
+    overlapping the training step, and never at the same time as the decoder's threads (which on a CPU-only
+    machine would fight over the cores). Batches pass in order, so a counter gives each its index for the seed."""
+
+    def __init__(self, augment: DeviceAugment, rank: int):
+        super().__init__()
+        self.augment, self.rank, self.epoch, self.batch = augment, rank, 0, 0
+
+    def generate_code(self):
+        def run(images: torch.Tensor, _dst) -> torch.Tensor:
+            out = self.augment(images, self.epoch, self.batch, self.rank)
+            self.batch += 1
+            if out.is_cuda:  # made on FFCV's stream, used on the default one: keep the allocator from reusing it early
+                out.record_stream(torch.cuda.default_stream(out.device))
+            return out
+
+        return run
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
+        h, w, c = previous_state.shape
+        return replace(previous_state, jit_mode=False, shape=(c, h, w), dtype=torch.float32), None
 
 
 def make_decoder(kind: str, train: bool, size: int, crop_pct: float, aug: AugmentConfig, seed: int):
