@@ -12,6 +12,7 @@ from torchvision.utils import make_grid, save_image
 from core.data.datasets import build_datasets
 from core.data.resize import image_size_at
 from core.data.transforms import augment_config, batch_mixer, train_transform
+from core.errors import FtlError
 from core.fileio import write_atomic
 from core.models import check_model_name
 
@@ -20,6 +21,9 @@ def augment_grid(cfg: DictConfig, out: str | Path, samples: int = 6, repeats: in
     """Rows: `samples` training images, each augmented `repeats` times (epochs 0, 1, ...); with MixUp/CutMix on,
     a last row of a mixed batch. Written as one PNG, atomically."""
     check_model_name(cfg.model.name)
+    if str(cfg.data.train_dir).endswith(".beton"):
+        raise FtlError("augment-preview shows the torch path's augmentation of an ImageFolder tree: set "
+                       "data.train_dir to the folder the .beton was converted from")  # fmt: skip
     pretrained_cfg = timm.create_model(cfg.model.name.split(".")[0], pretrained=False).pretrained_cfg
     mean = list(cfg.data.mean or pretrained_cfg["mean"])
     std = list(cfg.data.std or pretrained_cfg["std"])
