@@ -68,7 +68,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     meta = beton.convert(args.src, args.out, mode=args.mode, max_resolution=args.max_resolution,
                          jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability,
                          skip_bad=args.skip_bad, split=args.split, per_class=args.per_class, workers=args.workers)
-    out = args.out or str(Path(args.src).expanduser().resolve().with_suffix(".beton"))
+    out = meta["path"]
     skipped = f", skipped {len(meta['skipped'])} unreadable (listed in the sidecar)" if meta["skipped"] else ""
     print(f"ftl: wrote {out} ({meta['num_samples']} images, {len(meta['classes'])} classes, {meta['mode']}, "
           f"{meta['beton_bytes'] / 2**20:.1f} MiB in {meta['seconds']:.1f}s{skipped}); sidecar {out}.json")

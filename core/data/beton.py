@@ -195,7 +195,8 @@ def convert(
     if out is None:
         if not Path(src).expanduser().is_dir():
             raise FtlError(f"{src} is a bundled dataset: give --out FILE.beton")
-        out = Path(src).expanduser().resolve().with_suffix(".beton")
+        folder = Path(src).expanduser().resolve()
+        out = folder.parent / f"{folder.name}.beton"
     out = Path(out).expanduser()
     if out.suffix != ".beton":
         raise FtlError(f"--out {out}: the file name must end in .beton")
@@ -242,6 +243,7 @@ def convert(
         # The sidecar first: a .beton under its final name always has a matching sidecar (its size is checked).
         write_json_atomic(sidecar_path(out), meta)
         os.replace(tmp, out)
+        meta["path"] = str(out)
     finally:
         tmp.unlink(missing_ok=True)
         data.close()

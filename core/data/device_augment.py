@@ -32,14 +32,14 @@ def check_supported(aug: AugmentConfig) -> None:
 
 
 class DeviceAugment:
-    """uint8 NHWC batch -> normalised float NCHW batch; with train=True, the augment config's random ops too.
+    """uint8 NHWC (or, planar=True, NCHW) batch -> normalised float NCHW batch; train=True adds the random ops.
     channels_last=True returns channels-last memory (for channels_last models)."""
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float], seed: int, train: bool,
-                 channels_last: bool = False):  # fmt: skip
+                 channels_last: bool = False, planar: bool = False):  # fmt: skip
         if train:
             check_supported(aug)
-        self.aug, self.train, self.seed, self.channels_last = aug, train, seed, channels_last
+        self.aug, self.train, self.seed, self.channels_last, self.planar = aug, train, seed, channels_last, planar
         self.scale = 1 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.shift = -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)
         a = aug
@@ -54,9 +54,11 @@ class DeviceAugment:
         gen = self.generator(images.device, epoch, batch, rank) if self.train else None
         if self.train and (self.aug.hflip or self.aug.vflip):
             images = self.flip(images, gen)  # on uint8, a quarter of the bytes of float
-        # NHWC uint8 -> contiguous NCHW float in one copy: per-channel maths on channel-innermost memory is 6x slower
-        n, h, w, c = images.shape
-        x = torch.empty((n, c, h, w), device=images.device).copy_(images.permute(0, 3, 1, 2))
+        if self.planar:  # NCHW uint8 already (ftl's decoder): a straight conversion
+            x = images.float()
+        else:  # NHWC uint8 -> NCHW float in one copy: per-channel maths on channel-innermost memory is 6x slower
+            n, h, w, c = images.shape
+            x = torch.empty((n, c, h, w), device=images.device).copy_(images.permute(0, 3, 1, 2))
         if self.train:
             x = self.augment(x, gen)
         x = x.mul_(self.scale.to(x.device)).add_(self.shift.to(x.device))  # (x / 255 - mean) / std, in place
@@ -65,8 +67,8 @@ class DeviceAugment:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def flip(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Horizontal / vertical flips of the chosen samples only (NHWC: width is dim 2, height dim 1)."""
-        for p, dim in ((self.aug.hflip, 2), (self.aug.vflip, 1)):
+        """Horizontal / vertical flips of the chosen samples only (of the batch's width and height dims)."""
+        for p, dim in ((self.aug.hflip, 3 if self.planar else 2), (self.aug.vflip, 2 if self.planar else 1)):
             if p:
                 chosen = (torch.rand(len(images), generator=gen, device=images.device) < p).nonzero().squeeze(1)
                 if images.device.type == "cpu":  # in place, sample by sample: 7x faster than a gather/scatter on CPU

@@ -90,7 +90,8 @@ class FfcvLoader:
         self.epoch, self.skip = 0, 0
         self.decoder = make_decoder(decoder, train, image_size, crop_pct, augment, seed)
         to_device = [ToDevice(device, non_blocking=True)] if device.type != "cpu" else []  # CPU: no extra copy
-        self.augment_op = _AugmentOp(DeviceAugment(augment, mean, std, seed, train, channels_last), rank)
+        planar = decoder == "ftl"  # ftl's decoder writes 3 x H x W
+        self.augment_op = _AugmentOp(DeviceAugment(augment, mean, std, seed, train, channels_last, planar), rank)
         pipelines = {"image": [self.decoder, ToTensor(), *to_device, self.augment_op],
                      "label": [IntDecoder(), ToTensor(), Squeeze(), *to_device]}  # fmt: skip
         drop_last = train and len(indices) // world > batch_size
@@ -170,8 +171,8 @@ class _AugmentOp(Operation):
         return run
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
-        h, w, c = previous_state.shape
-        return replace(previous_state, jit_mode=False, shape=(c, h, w), dtype=torch.float32), None
+        shape = previous_state.shape if self.augment.planar else tuple(previous_state.shape[i] for i in (2, 0, 1))
+        return replace(previous_state, jit_mode=False, shape=shape, dtype=torch.float32), None
 
 
 def make_decoder(kind: str, train: bool, size: int, crop_pct: float, aug: AugmentConfig, seed: int):
@@ -185,8 +186,8 @@ def make_decoder(kind: str, train: bool, size: int, crop_pct: float, aug: Augmen
     from core.data.ffcv_decode import CropDecoder
 
     if train:
-        return CropDecoder(size, tuple(aug.scale), tuple(aug.ratio), seed=seed)
-    return CropDecoder(size, seed=seed, center_crop_pct=crop_pct)
+        return CropDecoder(size, tuple(aug.scale), tuple(aug.ratio), seed=seed, planar=True)
+    return CropDecoder(size, seed=seed, center_crop_pct=crop_pct, planar=True)
 
 
 def build_ffcv_loaders(d: Any, seed: int, aug: AugmentConfig, mean: list[float], std: list[float], size: int,

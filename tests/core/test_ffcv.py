@@ -171,10 +171,15 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
     for loader in ("torch", "ffcv"):
         cfg = config.load("base", [*common, f"data.loader={loader}"])
         parts = engine.build_parts(cfg)
-        from accelerate import Accelerator
+        if loader == "torch":
+            from core.data.datasets import build_loaders
 
-        _, _, train_loader, _ = engine.prepare(Accelerator(cpu=True), cfg, parts)
-        engine.release_accelerator()
+            train_loader, _ = build_loaders(parts.splits, 8, None, 0, 0, pin_memory=False)
+        else:
+            from core.data.ffcv_loader import build_ffcv_loaders
+
+            train_loader, _ = build_ffcv_loaders(cfg.data, 0, parts.augment, parts.mean, parts.std, 96,
+                                                 torch.device("cpu"), 0, 1)  # fmt: skip
         batches[loader] = next(iter(train_loader))[0]
         results[loader] = engine.fit(cfg, tmp_path / loader)
     t, f = batches["torch"], batches["ffcv"]
@@ -183,3 +188,30 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
     print({k: round(v["val_top1"], 3) for k, v in results.items()})
     assert results["ffcv"]["val_n"] == results["torch"]["val_n"] == 100
     assert results["ffcv"]["val_top1"] >= 0.85 and abs(results["ffcv"]["val_top1"] - results["torch"]["val_top1"]) <= 0.08
+
+
+def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, tmp_path):
+    """The FFCV path keeps exact resume: seeded order, seeded crops in the decoder, seeded device augmentation."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tests.core.test_engine import _stop_after
+
+    lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
+    for split in ("train", "val"):
+        convert(str(lfw / split))
+    over = lfw_overrides(lfw, **{"data.loader": "ffcv", "data.num_workers": 2, "data.batch_size": 8,
+                                 "train.deterministic": "true", "model.head_dropout": 0.3, "augment.color_jitter": 0.2,
+                                 "augment.rotate": 10, "augment.random_erasing": 0.3, "augment.mixup": 0.4,
+                                 "augment.cutmix": 1.0, "train.ema": "true", "data.image_size": "[[0,48],[1,64]]"})  # fmt: skip
+    cfg = config.load("fine_tune", over)
+    full = engine.fit(cfg, tmp_path / "full")
+    part = engine.fit(cfg, tmp_path / "part", should_stop=_stop_after(7))
+    assert part["status"] == "interrupted" and (part["epoch"], part["step_in_epoch"]) == (1, 2)
+    resumed = engine.fit(config.load("fine_tune", [*over, f"resume={tmp_path / 'part'}"]))
+    for name in ("last", "ema"):
+        a = load_file(str(tmp_path / "full" / "export" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "part" / "export" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
