@@ -8,6 +8,7 @@ random resized crop (scale 0.35-1) to --size px, horizontal flip, normalisation 
   (b) FFCV RandomResizedCropRGBImageDecoder, RandomHorizontalFlip, NormalizeImage (numba), ToTensor, ToTorchImage
       (NormalizeImage before ToTensor: after ToTorchImage it hangs on CPU in FFCV 1.0.2)
   (c) ftl.FfcvLoader: CropDecoder (crop inside the JPEG decode, scaled decoding), flip + normalise on the device
+  (c0) the same with FFCV's stock decoder instead: c / c0 is the crop decoder's own gain
 Each loader runs one warm-up epoch (numba compiles, page cache fills), then --epochs timed epochs; the loaders take
 turns per epoch so machine noise hits all of them. Last lines: `speedup_vs_ffcv: Y`, then `speedup_vs_dataloader: X`.
 
@@ -118,7 +119,6 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per loader (after one warm-up epoch)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--decoder", default="ftl", help="(c)'s decoder: ftl, or stock to isolate the device augmentation")
     p.add_argument("--data", default="data/bench-loader", help="where the generated images and .beton live")
     args = p.parse_args()
 
@@ -134,7 +134,8 @@ def main() -> None:
         convert(str(root), beton, mode="jpg", jpeg_quality=90)
     loaders = {"a_dataloader": torch_loader(root, args.size, args.batch, args.workers),
                "b_ffcv": stock_ffcv_loader(beton, args.size, args.batch, args.workers),
-               "c_ftl": ftl_loader(beton, args.size, args.batch, args.workers, args.decoder)}  # fmt: skip
+               "c0_ftl_stock_decoder": ftl_loader(beton, args.size, args.batch, args.workers, "stock"),
+               "c_ftl": ftl_loader(beton, args.size, args.batch, args.workers)}  # fmt: skip
     rates: dict[str, list[float]] = {k: [] for k in loaders}
     for name, loader in loaders.items():
         run_epoch(loader, 0)  # warm-up
@@ -147,8 +148,9 @@ def main() -> None:
           f"{args.images} JPEGs ~{args.source}px -> {args.size}px, batch {args.batch}, {args.workers} workers, "
           f"numba {numba.threading_layer()} threads")  # fmt: skip
     for k, v in rates.items():
-        print(f"{k:13s} median {med[k]:8.0f} img/s  epochs: {' '.join(f'{x:.0f}' for x in v)}")
+        print(f"{k:21s} median {med[k]:8.0f} img/s  epochs: {' '.join(f'{x:.0f}' for x in v)}")
     print(f"ffcv_vs_dataloader: {med['b_ffcv'] / med['a_dataloader']:.2f}")
+    print(f"crop_decoder_gain: {med['c_ftl'] / med['c0_ftl_stock_decoder']:.2f}")
     print(f"speedup_vs_ffcv: {med['c_ftl'] / med['b_ffcv']:.2f}")
     print(f"speedup_vs_dataloader: {med['c_ftl'] / med['a_dataloader']:.2f}")
 
