@@ -142,7 +142,7 @@ class Parts:
 
 
 def build_parts(cfg: DictConfig, say: Callable[[str], None] = print) -> Parts:
-    from core.data.beton import choose_loader, open_beton
+    from core.data.beton import choose_loader
 
     d, m, t, f = cfg.data, cfg.model, cfg.train, cfg.finetune
     loader = choose_loader(d, say)

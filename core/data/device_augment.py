@@ -80,11 +80,11 @@ class DeviceAugment:
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         a, n, dev = self.aug, x.shape[0], x.device
-        u = lambda *shape: torch.rand(n, *shape, generator=gen, device=dev)  # noqa: E731 - U(0,1) per sample
-        col = lambda t: t.view(n, 1, 1, 1)  # noqa: E731
+        u = lambda *shape: torch.rand(n, *shape, generator=gen, device=dev)
+        col = lambda t: t.view(n, 1, 1, 1)
         if a.rotate or a.shear or a.translate:
             x = self.affine(x, u)
-        gray = lambda t: (t * torch.tensor(GRAY, device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
+        gray = lambda t: (t * torch.tensor(GRAY, device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
         if self.brightness:
             x = x * col(1 + (u() * 2 - 1) * self.brightness)
         if self.contrast:

@@ -18,7 +18,7 @@ from typing import Any
 
 from core.data.beton import require_ffcv
 
-require_ffcv()  # noqa: E402 - sets numba's threading layer before ffcv starts numba's threads
+require_ffcv()  # first: it sets numba's threading layer, which `import ffcv` would fix to the default
 import numba
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
-from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor
+from ffcv.traversal_order.base import TraversalOrder
 
 from core.config import AugmentConfig
 from core.data.beton import Beton, beton_for, open_beton
@@ -61,10 +61,10 @@ def open_split(d: Any, seed: int) -> tuple[Beton, np.ndarray, Beton, np.ndarray]
 
 
 class _ShardOrder(TraversalOrder):
-    """A TraversalOrder instance (FFCV calls `order(loader)`, then `sample_order(epoch)` per epoch): a seeded shuffle per epoch (or
-    the given order), rank r's share is every world-th sample, the first `skip` samples are left out (resume)."""
+    """A TraversalOrder instance (FFCV calls `order(loader)`, then `sample_order(epoch)` each epoch): a seeded
+    shuffle per epoch (or the given order); rank r takes every world-th sample; the first `skip` are left out."""
 
-    def __init__(self, indices: np.ndarray, shuffle: bool, seed: int, rank: int, world: int, equal: bool):  # noqa: B027
+    def __init__(self, indices: np.ndarray, shuffle: bool, seed: int, rank: int, world: int, equal: bool):
         self.indices, self.shuffle, self.seed, self.rank, self.world = indices.astype(np.uint64), shuffle, seed, rank, world
         self.length = len(indices) // world if equal else None  # equal shards: every rank runs the same steps
         self.epoch, self.skip = 0, 0

@@ -127,7 +127,7 @@ def test_two_processes_get_disjoint_complete_shards(indexed_folder, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", str(REPO / "tests" / "ffcv_shards.py"),
            str(tmp_path / "idx.beton"), str(tmp_path)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     val = [set(r["val"]) for r in ranks]
