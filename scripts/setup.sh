@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "[setup] $*"; }
 
-# FFCV builds against turbojpeg + OpenCV (pkg-config finds them); ftl's crop decoder needs gcc + libjpeg headers.
-APT_PACKAGES=(dataset-fashion-mnist chromium pkg-config libturbojpeg0-dev libopencv-dev libjpeg62-turbo-dev gcc)
+# FFCV builds against turbojpeg + OpenCV (pkg-config finds them); ftl's crop decoder needs g++, libjpeg and OpenCV headers.
+APT_PACKAGES=(dataset-fashion-mnist chromium pkg-config libturbojpeg0-dev libopencv-dev libjpeg62-turbo-dev g++)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then
