@@ -215,3 +215,23 @@ def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, tmp_path):
         b = load_file(str(tmp_path / "part" / "export" / f"{name}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
+
+
+def test_two_process_ddp_training_on_ffcv(lfw, tmp_path):
+    """`ftl train` under torchrun (2 CPU processes) on .beton files: ranks agree, validation counts every image once."""
+    import re
+    import shutil
+
+    lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
+    for split in ("train", "val"):
+        convert(str(lfw / split))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29543", "-m", "launcher.cli", "train", "base",
+           *lfw_overrides(lfw, **{"data.num_workers": 1, "data.loader": "ffcv"}), "--run-dir", str(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    finals = dict(re.findall(r"ftl: rank (\d): (final val_top1 \S+ val_top5 \S+ val_loss \S+)", proc.stdout))
+    assert set(finals) == {"0", "1"} and finals["0"] == finals["1"], proc.stdout
+    assert "ffcv loader; 2 process(es)" in proc.stdout
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["val_n"] == 100
