@@ -423,14 +423,13 @@ def _wandb_tracker(cfg: DictConfig, run_dir: Path):
 
 @torch.no_grad()
 def _wandb_media(cfg: DictConfig, run, model, parts: Parts, val_loader, run_dir: Path, step: int, device) -> None:
-    """The LR-finder plot, the augmentation preview (torch path), a table of validation samples with predictions,
-    and (optionally) the best weights."""
+    """The LR-finder plot, the augmentation preview, a table of validation samples with predictions, and
+    (optionally) the best weights."""
     from core.preview import augment_grid
 
     if (run_dir / "lr_find.png").is_file():
         run.log_image("lr_find", run_dir / "lr_find.png", step)
-    if parts.splits is not None:
-        run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
+    run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
     n = min(cfg.tracking.log_samples, parts.sizes[1])
     if n:
         model.eval()

@@ -12,33 +12,26 @@ from torchvision.utils import make_grid, save_image
 from core.data.datasets import build_datasets
 from core.data.resize import image_size_at
 from core.data.transforms import augment_config, batch_mixer, train_transform
-from core.errors import FtlError
 from core.fileio import write_atomic
 from core.models import check_model_name
 
 
 def augment_grid(cfg: DictConfig, out: str | Path, samples: int = 6, repeats: int = 6, seed: int = 0) -> Path:
-    """Rows: `samples` training images, each augmented `repeats` times (epochs 0, 1, ...); with MixUp/CutMix on,
-    a last row of a mixed batch. Written as one PNG, atomically."""
+    """Rows: `samples` training images, each augmented `repeats` times (epochs 0, 1, ...) by the recipe's data
+    path (torch transforms, or the FFCV decoder + device augmentation); with MixUp/CutMix on, a last row of a
+    mixed batch. Written as one PNG, atomically."""
+    from core.data.beton import choose_loader
+
     check_model_name(cfg.model.name)
-    if str(cfg.data.train_dir).endswith(".beton"):
-        raise FtlError("augment-preview shows the torch path's augmentation of an ImageFolder tree: set "
-                       "data.train_dir to the folder the .beton was converted from")  # fmt: skip
     pretrained_cfg = timm.create_model(cfg.model.name.split(".")[0], pretrained=False).pretrained_cfg
     mean = list(cfg.data.mean or pretrained_cfg["mean"])
     std = list(cfg.data.std or pretrained_cfg["std"])
     aug = augment_config(cfg.augment)
     size = image_size_at(cfg.data.image_size, 0, cfg.train.epochs)
-    transform = train_transform(size, mean, std, aug)
-    splits = build_datasets(cfg.data.train_dir, cfg.data.val_dir, transform, None, cfg.data.val_split, None, seed)
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(len(splits.train), generator=gen)[:samples].tolist()
-    tiles = []
-    for index in picks:
-        for epoch in range(repeats):
-            splits.train.set_epoch(epoch)
-            tiles.append(splits.train[index][0])
-    mixer = batch_mixer(aug, len(splits.classes))
+    loader = choose_loader(cfg.data, say=lambda _: None)
+    tiles, classes = (_torch_tiles if loader == "torch" else _ffcv_tiles)(cfg, aug, mean, std, size, samples, repeats,
+                                                                            seed)  # fmt: skip
+    mixer = batch_mixer(aug, classes)
     if mixer is not None:
         batch = torch.stack(tiles[: repeats * 2 : 2][: repeats - repeats % 2] or tiles[:2])
         torch.manual_seed(seed)
@@ -49,3 +42,34 @@ def augment_grid(cfg: DictConfig, out: str | Path, samples: int = 6, repeats: in
     out = Path(out)
     write_atomic(out, lambda p: save_image(grid, str(p), format="png"))
     return out
+
+
+def _torch_tiles(cfg: DictConfig, aug, mean, std, size: int, samples: int, repeats: int, seed: int):
+    """The torch path: each picked sample through the training transform, seeded as in epochs 0..repeats-1."""
+    transform = train_transform(size, mean, std, aug)
+    splits = build_datasets(cfg.data.train_dir, cfg.data.val_dir, transform, None, cfg.data.val_split, None, seed)
+    picks = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
+    tiles = []
+    for index in picks:
+        for epoch in range(repeats):
+            splits.train.set_epoch(epoch)
+            tiles.append(splits.train[index][0])
+    return tiles, len(splits.classes)
+
+
+def _ffcv_tiles(cfg: DictConfig, aug, mean, std, size: int, samples: int, repeats: int, seed: int):
+    """The FFCV path: the picked samples as one batch through the crop decoder and the device augmentation, once
+    per epoch 0..repeats-1."""
+    from core.data.ffcv_loader import FfcvLoader, open_split
+
+    train, t_idx, _, _ = open_split(cfg.data, seed)
+    picks = t_idx[torch.randperm(len(t_idx), generator=torch.Generator().manual_seed(seed))[:samples].numpy()]
+    loader = FfcvLoader(train, picks, len(picks), train=True, image_size=size, crop_pct=cfg.data.crop_pct,
+                        augment=aug, mean=mean, std=std, seed=cfg.train.seed, device=torch.device("cpu"),
+                        num_workers=1, decoder=cfg.data.ffcv_decoder)  # fmt: skip
+    loader.order.shuffle = False  # keep the picks in order; crops depend on (seed, epoch, sample), not the order
+    epochs = []
+    for epoch in range(repeats):
+        loader.set_epoch(epoch)
+        epochs.append(next(iter(loader))[0].clone())
+    return [epochs[e][i] for i in range(len(picks)) for e in range(repeats)], len(train.classes)

@@ -186,6 +186,10 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
     assert t.shape == f.shape == (8, 3, 96, 96) and t.dtype == f.dtype == torch.float32
     assert abs(t.mean() - f.mean()) < 0.25 and abs(t.std() - f.std()) < 0.25  # same normalisation of the same faces
     print({k: round(v["val_top1"], 3) for k, v in results.items()})
+    from core.preview import augment_grid
+
+    grid = Image.open(augment_grid(config.load("base", [*common, "data.loader=ffcv"]), tmp_path / "p.png", 3, 4))
+    assert grid.size == (4 * 98 + 2, 3 * 98 + 2)  # the FFCV path's preview: 3 samples x 4 epochs of 96 px tiles
     assert results["ffcv"]["val_n"] == results["torch"]["val_n"] == 100
     assert results["ffcv"]["val_top1"] >= 0.85 and abs(results["ffcv"]["val_top1"] - results["torch"]["val_top1"]) <= 0.08
 
