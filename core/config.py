@@ -45,7 +45,7 @@ class DataConfig:
     crop_pct: float = 0.875  # validation: resize to image_size / crop_pct, then center crop
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # default: 2 x batch_size
-    num_workers: int = 2
+    num_workers: int = 2  # torch: DataLoader worker processes; ffcv: decode threads
     loader: str = "torch"  # torch | ffcv | auto (ffcv when installed and the .beton files exist)
     ffcv_decoder: str = "ftl"  # ftl (crop inside the JPEG decode) | stock (FFCV's own decoders)
     ffcv_order: str = "random"  # random (OS page cache, sharded over ranks) | quasi-random (larger than RAM)
