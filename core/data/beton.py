@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 import multiprocessing.shared_memory
 import os
 import tempfile
@@ -230,10 +231,10 @@ def convert(
             [samples[i][1] for i in keep]).encode()).hexdigest()  # fmt: skip
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        labels = [samples[i][1] for i in keep]
+        counts = Counter(samples[i][1] for i in keep)
         meta = {
             "format": FORMAT, "source": description, "source_hash": source_hash, "classes": classes,
-            "counts": {c: labels.count(k) for k, c in enumerate(classes)}, "num_samples": len(keep),
+            "counts": {c: counts[k] for k, c in enumerate(classes)}, "num_samples": len(keep),
             "skipped": bad_paths, "mode": mode, "max_resolution": max_resolution, "jpeg_quality": jpeg_quality,
             "compress_probability": compress_probability if mode == "proportion" else None,
             "beton_bytes": tmp.stat().st_size, "seconds": round(time.perf_counter() - started, 2),
