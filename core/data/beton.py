@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 import multiprocessing.shared_memory
 import os
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
