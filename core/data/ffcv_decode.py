@@ -4,7 +4,7 @@ FFCV's stock RandomResizedCropRGBImageDecoder decodes each JPEG whole, then crop
 This one decodes only the crop's rows and columns, at the smallest libjpeg DCT scale M/8 that keeps the crop at
 least as large as the output, then resizes exactly the wanted rectangle with OpenCV's bilinear filter (FFCV's
 resize_crop uses INTER_AREA, as slow as the decode itself; after DCT scaling the remaining reduction is under 2x,
-where bilinear is what torchvision does); `planar=True` writes 3 x H x W, for a cheap float conversion. Raw-mode samples
+where plain bilinear aliases little); `planar=True` writes 3 x H x W, for a cheap float conversion. Raw-mode samples
 are cropped and resized without a decode.
 
 Crops are reproducible and independent of FFCV's thread scheduling: a sample's random numbers are a counter-based
@@ -178,12 +178,14 @@ class CropDecoder(SimpleRGBImageDecoder):
                                      temp.size, geom.ctypes.data)  # fmt: skip
                     if rc == 0:
                         rows, row_w, x, cw, ch = geom[0], geom[1], geom[2], geom[3], geom[4]
-                        resize_c(temp.ctypes.data, rows, row_w, 0, ch, x, x + cw, out.ctypes.data, oh, ow, linear, planar)
+                        resize_c(temp.ctypes.data, rows, row_w, 0, ch, x, x + cw, out.ctypes.data, oh, ow, linear,
+                                 planar)  # fmt: skip
                     else:  # the native decoder refused it: whole-image decode (zeros if that fails too)
                         full = temp[: height * width * 3]
                         full[:] = 0
                         imdecode_c(image_data, full, height, width, height, width, 0, 0, 1, 1, False, False)
-                        resize_c(full.ctypes.data, height, width, i, i + h, j, j + w, out.ctypes.data, oh, ow, area, planar)
+                        resize_c(full.ctypes.data, height, width, i, i + h, j, j + w, out.ctypes.data, oh, ow, area,
+                                 planar)  # fmt: skip
                 else:
                     resize_c(image_data.ctypes.data, height, width, i, i + h, j, j + w, out.ctypes.data, oh, ow, area,
                              planar)  # fmt: skip

@@ -1,7 +1,7 @@
 // ftl: resize a rectangle of an RGB image with OpenCV (part of the library native.py builds), optionally writing
 // the result planar (3 x H x W). After the crop decoder's DCT scaling (M/8) the rectangle is less than twice the
-// output size, where bilinear sampling is what torchvision's RandomResizedCrop does and ~5x faster than the
-// INTER_AREA filter FFCV's resize_crop always uses (raw pixels, which get no DCT scaling, still use INTER_AREA).
+// output size, where plain bilinear (no antialias filter; torchvision's default adds one) aliases little and is ~5x
+// faster than the INTER_AREA filter FFCV's resize_crop always uses (raw pixels, not DCT-scaled, still use AREA).
 // Planar output lets the device augmentation convert to float NCHW without a transposing copy.
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
