@@ -313,13 +313,20 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         problems.append(f"augment.scale={scale} must be [min, max] with 0 < min <= max <= 1")
     problems += _check_lr(cfg.optim.lr) + _check_image_size(cfg.data.image_size)
-    if cfg.data.loader == "ffcv":  # the device augmentation has no policies and no hue shift
-        problems += [f"augment.{k}={cfg.augment[k]!r} runs only on the torch path: set data.loader=torch or drop it"
-                     for k in ("policy", "hue") if cfg.augment[k]]  # fmt: skip
+    problems += torch_only_augment(cfg.augment) if cfg.data.loader == "ffcv" else []
     if cfg.optim.lr_spread < 1:
         problems.append(f"optim.lr_spread={cfg.optim.lr_spread} must be >= 1 (the stem gets lr / lr_spread)")
     if problems:
         raise FtlError(f"{source}: " + "; ".join(problems))
+
+
+TORCH_ONLY_AUGMENT = ("policy", "hue")  # the FFCV path's device augmentation has no policies and no hue shift
+
+
+def torch_only_augment(aug: Any) -> list[str]:
+    """A problem line for each augment key set that only the torch path implements."""
+    return [f"augment.{k}={getattr(aug, k)!r} runs only on the torch path: set data.loader=torch or drop it"
+            for k in TORCH_ONLY_AUGMENT if getattr(aug, k)]  # fmt: skip
 
 
 def _check_lr(lr: Any) -> list[str]:

@@ -114,7 +114,8 @@ def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[st
         values = (loss, hits[:, 0].float(), hits.any(1).float())
         if not exact:
             values = accelerator.gather_for_metrics(values)
-        sums += torch.stack([values[0].sum(), values[1].sum(), values[2].sum(), sums.new_tensor(len(values[0]))])
+        sums[:3] += torch.stack([v.sum() for v in values])
+        sums[3] += len(values[0])
     if exact:
         sums = accelerator.reduce(sums, "sum")
     loss, top1, top5, n = sums.tolist()
@@ -132,6 +133,7 @@ class Parts:
     classes: list[str]
     sizes: tuple[int, int]  # train / val images
     splits: DataSplits | None  # the torch path's datasets
+    ffcv_split: tuple | None  # the FFCV path's (train beton, indices, val beton, indices)
     stages: list[list[str]]  # parameter names per coarse stage (stem .. head)
     always_frozen: set[str]  # frozen by model.freeze, never trained
     phases: list[Phase]
@@ -146,14 +148,14 @@ def build_parts(cfg: DictConfig, say: Callable[[str], None] = print) -> Parts:
 
     d, m, t, f = cfg.data, cfg.model, cfg.train, cfg.finetune
     loader = choose_loader(d, say)
-    splits = None
+    splits = ffcv_split = None
     if loader == "torch":
         splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
         classes, sizes = splits.classes, (len(splits.train), len(splits.val))
     else:
         from core.data.ffcv_loader import open_split
 
-        train, t_idx, _, v_idx = open_split(d, t.seed)
+        ffcv_split = train, t_idx, _, v_idx = open_split(d, t.seed)
         classes, sizes = train.classes, (len(t_idx), len(v_idx))
         if d.num_classes is not None and d.num_classes != len(classes):
             raise FtlError(f"data.num_classes={d.num_classes} but {train.path} has {len(classes)} classes")
@@ -173,8 +175,8 @@ def build_parts(cfg: DictConfig, say: Callable[[str], None] = print) -> Parts:
     if splits is not None:
         splits.train.transform = train_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, augment)
         splits.val.transform = eval_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, d.crop_pct)
-    return Parts(model, source, loader, classes, sizes, splits, stages, always_frozen, phases, optimizer, mean, std,
-                 augment)  # fmt: skip
+    return Parts(model, source, loader, classes, sizes, splits, ffcv_split, stages, always_frozen, phases, optimizer,
+                 mean, std, augment)  # fmt: skip
 
 
 def set_image_size(parts: Parts, loaders: tuple, size: int, crop_pct: float) -> None:
@@ -209,8 +211,8 @@ def prepare(accelerator, cfg: DictConfig, parts: Parts):
         from core.data.ffcv_loader import build_ffcv_loaders
 
         size = image_size_at(d.image_size, 0, cfg.train.epochs)
-        train_loader, val_loader = build_ffcv_loaders(d, cfg.train.seed, parts.augment, parts.mean, parts.std, size,
-                                                      accelerator.device, accelerator.process_index,
+        train_loader, val_loader = build_ffcv_loaders(d, parts.ffcv_split, cfg.train.seed, parts.augment, parts.mean,
+                                                      parts.std, size, accelerator.device, accelerator.process_index,
                                                       accelerator.num_processes, m.channels_last)  # fmt: skip
         model, optimizer = accelerator.prepare(model, parts.optimizer)
         return model, optimizer, train_loader, val_loader

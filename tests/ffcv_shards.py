@@ -17,7 +17,7 @@ from core.engine import evaluate
 beton, out = open_beton(sys.argv[1]), Path(sys.argv[2])
 acc = Accelerator(cpu=True)
 common = {"image_size": 32, "crop_pct": 0.875, "augment": AugmentConfig(hflip=0.5), "mean": [0.5] * 3, "std": [0.5] * 3,
-          "seed": 0, "device": acc.device, "num_workers": 1, "decoder": sys.argv[3] if len(sys.argv) > 3 else "ftl", "rank": acc.process_index, "world": acc.num_processes}
+          "seed": 0, "device": acc.device, "num_workers": 1, "rank": acc.process_index, "world": acc.num_processes}
 idx = np.arange(beton.num_samples)
 train = FfcvLoader(beton, idx, 8, train=True, **common)
 val = FfcvLoader(beton, idx, 8, train=False, **common)

@@ -17,18 +17,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.config import AugmentConfig
+from core.config import AugmentConfig, torch_only_augment
 from core.errors import FtlError
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
-
-
-def check_supported(aug: AugmentConfig) -> None:
-    """Raise for augment keys the device path does not implement (rather than silently ignoring them)."""
-    unsupported = [k for k in ("policy", "hue") if getattr(aug, k)]
-    if unsupported:
-        raise FtlError(f"augment.{unsupported[0]}={getattr(aug, unsupported[0])!r} runs only on the torch path: "
-                       "set data.loader=torch, or drop it for the FFCV loader")  # fmt: skip
 
 
 class DeviceAugment:
@@ -37,11 +29,11 @@ class DeviceAugment:
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float], seed: int, train: bool,
                  channels_last: bool = False, planar: bool = False):  # fmt: skip
-        if train:
-            check_supported(aug)
+        if train and (problems := torch_only_augment(aug)):  # `auto` chose FFCV after the config was validated
+            raise FtlError(problems[0])
         self.aug, self.train, self.seed, self.channels_last, self.planar = aug, train, seed, channels_last, planar
         self.scale = 1 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
-        self.shift = -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)
+        self.shift = -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)  # moved on first use
         a = aug
         self.brightness, self.contrast, self.saturation = (max(a.color_jitter, x) for x in (a.brightness, a.contrast, a.saturation))
 
@@ -61,7 +53,9 @@ class DeviceAugment:
             x = torch.empty((n, c, h, w), device=images.device).copy_(images.permute(0, 3, 1, 2))
         if self.train:
             x = self.augment(x, gen)
-        x = x.mul_(self.scale.to(x.device)).add_(self.shift.to(x.device))  # (x / 255 - mean) / std, in place
+        if self.scale.device != x.device:  # once: not a host->device copy per batch
+            self.scale, self.shift = self.scale.to(x.device), self.shift.to(x.device)
+        x = x.mul_(self.scale).add_(self.shift)  # (x / 255 - mean) / std, in place
         if self.train and self.aug.random_erasing:
             x = self.erase(x, gen)
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)

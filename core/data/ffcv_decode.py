@@ -122,7 +122,7 @@ class CropDecoder(SimpleRGBImageDecoder):
         self.planar = planar
         self.output_size, self.scale, self.ratio, self.seed = output_size, tuple(scale), tuple(ratio), seed
         self.center_crop_pct = center_crop_pct
-        self.control = np.zeros(4, np.int64)  # [epoch, -, -, -]: read by the compiled code at each batch
+        self.control = np.zeros(1, np.int64)  # the epoch: read by the compiled code at each batch
 
     def set_epoch(self, epoch: int) -> None:
         self.control[0] = epoch
@@ -155,8 +155,8 @@ class CropDecoder(SimpleRGBImageDecoder):
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
-            control = np.zeros(4, np.int64)
-            read_addr(control_addr, control.ctypes.data, 32)
+            control = np.zeros(1, np.int64)
+            read_addr(control_addr, control.ctypes.data, 8)
             epoch = np.uint64(control[0])
             n = len(batch_indices)
             geoms = np.zeros((n, 5), np.int32)

@@ -86,8 +86,7 @@ class FfcvLoader:
                  crop_pct: float, augment: AugmentConfig, mean: list[float], std: list[float], seed: int,
                  device: torch.device, num_workers: int = 2, rank: int = 0, world: int = 1, order: str = "random",
                  os_cache: bool = True, decoder: str = "ftl", channels_last: bool = False):  # fmt: skip
-        self.train, self.device, self.rank, self.batch_size = train, device, rank, batch_size
-        self.epoch, self.skip = 0, 0
+        self.rank, self.batch_size, self.epoch, self.skip = rank, batch_size, 0, 0
         self.decoder = make_decoder(decoder, train, image_size, crop_pct, augment, seed)
         to_device = [ToDevice(device, non_blocking=True)] if device.type != "cpu" else []  # CPU: no extra copy
         planar = decoder == "ftl"  # ftl's decoder writes 3 x H x W
@@ -190,10 +189,10 @@ def make_decoder(kind: str, train: bool, size: int, crop_pct: float, aug: Augmen
     return CropDecoder(size, seed=seed, center_crop_pct=crop_pct, planar=True)
 
 
-def build_ffcv_loaders(d: Any, seed: int, aug: AugmentConfig, mean: list[float], std: list[float], size: int,
-                       device: torch.device, rank: int, world: int, channels_last: bool = False):  # fmt: skip
-    """(train, val) FfcvLoaders for data config d."""
-    train, t_idx, val, v_idx = open_split(d, seed)
+def build_ffcv_loaders(d: Any, split: tuple, seed: int, aug: AugmentConfig, mean: list[float], std: list[float],
+                       size: int, device: torch.device, rank: int, world: int, channels_last: bool = False):  # fmt: skip
+    """(train, val) FfcvLoaders for data config d over `split`, what open_split returned."""
+    train, t_idx, val, v_idx = split
     common = {"crop_pct": d.crop_pct, "augment": aug, "mean": mean, "std": std, "seed": seed, "device": device,
               "num_workers": d.num_workers, "rank": rank, "world": world, "os_cache": d.ffcv_os_cache,
               "decoder": d.ffcv_decoder, "channels_last": channels_last, "image_size": size}  # fmt: skip

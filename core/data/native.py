@@ -8,8 +8,8 @@ expose. The file is tiny, so it is compiled with the system C compiler against t
 anew, and concurrent processes (the ranks of a distributed run) each compile to a temporary sibling and rename it
 into place, so none ever loads half a file.
 
-`decode_crop` is a ctypes function with argtypes set, so numba's nopython code calls it directly (as FFCV calls its
-own libffcv): pass arrays as `arr.ctypes.data`. `python -m core.data.native` builds it and prints its path.
+`load()` and `load_resize()` give ctypes functions with argtypes set, so numba's nopython code calls them directly
+(as FFCV calls its own libffcv): pass arrays as `arr.ctypes.data`. `python -m core.data.native` builds it and prints its path.
 """
 
 from __future__ import annotations
@@ -91,12 +91,6 @@ def load_resize() -> ctypes._CFuncPtr:
     with planar=1, as 3 x out_h x out_w. interpolation: OpenCV's code (1 bilinear, 3 area)."""
     load()
     return _lib.ftl_resize
-
-
-def __getattr__(name: str):
-    if name == "decode_crop":  # built and loaded on first access
-        return load()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -178,8 +178,8 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
         else:
             from core.data.ffcv_loader import build_ffcv_loaders
 
-            train_loader, _ = build_ffcv_loaders(cfg.data, 0, parts.augment, parts.mean, parts.std, 96,
-                                                 torch.device("cpu"), 0, 1)  # fmt: skip
+            train_loader, _ = build_ffcv_loaders(cfg.data, parts.ffcv_split, 0, parts.augment, parts.mean, parts.std,
+                                                 96, torch.device("cpu"), 0, 1)  # fmt: skip
         batches[loader] = next(iter(train_loader))[0]
         results[loader] = engine.fit(cfg, tmp_path / loader)
     t, f = batches["torch"], batches["ffcv"]
