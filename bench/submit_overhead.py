@@ -64,8 +64,13 @@ def count_queued(name: str) -> int:
     return len(out.split())
 
 
+BENCH_JOBS = ("ftl-sw1000", "ftl-sw10000", "rawsubmitit", "hydrabench")  # job names this benchmark submits
+
+
 def cancel_all() -> None:
-    subprocess.run(["scancel", "-u", os.environ.get("USER", "root")], capture_output=True)
+    """Cancel this benchmark's jobs (by name), not the user's others."""
+    for name in BENCH_JOBS:
+        subprocess.run(["scancel", "-n", name], capture_output=True)
     time.sleep(2)
 
 

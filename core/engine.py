@@ -304,7 +304,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         f"{parts.loader} loader; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
         f"precision {t.precision}")  # fmt: skip
     names = {id(p): n for n, p in unwrapped.named_parameters()}
-    say("ftl: parameter groups\n" + param_group_table(optimizer, names, peak))
+    say("ftl: parameter groups\n" + param_group_table(optimizer, names))
     say(f"ftl: run dir {run_dir}" + (f" (resuming {resume_from.name}, epoch {state.epoch + 1})" if resume_from else ""))
 
     # --- the loop ---

@@ -87,7 +87,7 @@ def set_peak_lr(optimizer: torch.optim.Optimizer, peak: float) -> None:
         group["lr"] = group["initial_lr"] = peak * group["ftl_lr_scale"]
 
 
-def param_group_table(optimizer: torch.optim.Optimizer, named: dict[int, str], peak_lr: float) -> str:
+def param_group_table(optimizer: torch.optim.Optimizer, named: dict[int, str]) -> str:
     """A table of the optimizer's groups: layers, peak lr, weight decay and parameter count."""
     rows = [f"{'group':>5}  {'layers':<44} {'peak lr':>9} {'wd':>7} {'params':>10}"]
     for i, g in enumerate(optimizer.param_groups):
@@ -95,7 +95,7 @@ def param_group_table(optimizer: torch.optim.Optimizer, named: dict[int, str], p
         span = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
         span = span if len(span) <= 44 else span[:41] + "..."
         count = sum(p.numel() for p in g["params"])
-        rows.append(f"{i:>5}  {span:<44} {peak_lr * g['ftl_lr_scale']:>9.2e} {g['weight_decay']:>7.3g} {count:>10,}")
+        rows.append(f"{i:>5}  {span:<44} {g['initial_lr']:>9.2e} {g['weight_decay']:>7.3g} {count:>10,}")
     return "\n".join(rows)
 
 

@@ -21,19 +21,17 @@ from typing import Any
 
 class FineTuneJob:
     def __init__(self, recipe: str, overrides: list[str], run_dir: str | None = None,
-                 early_stop: dict[str, Any] | None = None, env: dict[str, str] | None = None):  # fmt: skip
+                 early_stop: dict[str, Any] | None = None):  # fmt: skip
         self.recipe = recipe
         self.overrides = list(overrides)
         self.run_dir = run_dir
         self.early_stop = early_stop  # {storage, study, metric, mode, min_epochs, reduction_factor}
-        self.env = dict(env or {})
         self._stop = False
 
     def __call__(self) -> dict[str, Any]:
         from core import config as config_lib
         from core import engine
 
-        os.environ.update(self.env)
         under_submitit = "SUBMITIT_EXECUTOR" in os.environ
         if under_submitit:
             _export_distributed_env()
@@ -67,7 +65,7 @@ class FineTuneJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(
-            FineTuneJob(self.recipe, self.overrides, self.run_dir, self.early_stop, self.env)
+            FineTuneJob(self.recipe, self.overrides, self.run_dir, self.early_stop)
         )
 
 

@@ -16,8 +16,8 @@ def main(spec_path: str) -> int:
 
     spec = json.loads(open(spec_path).read())
     try:
-        result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"),
-                             spec.get("env"))()  # fmt: skip
+        # the spec's env was given to this process by the runner (set before torch is imported)
+        result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"))()
     except FtlError as e:
         print(f"ftl: error: {e}", file=sys.stderr)
         return 2

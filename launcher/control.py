@@ -80,9 +80,8 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
         trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"trials/{t.id}") for t in sweep.trials}
         man = mf.Manifest(sweep.name, sweep.recipe, sweep.overrides, sweep.metric, sweep.mode, asdict(cluster), early,
                           mf.now(), trials, sweep_file=sweep.path)  # fmt: skip
-        mf.write(sweep_dir, man)
         note = _submit(man, sweep_dir, cluster, list(trials))
-        mf.write(sweep_dir, man)
+        mf.write(sweep_dir, man)  # once, complete: job ids included
     except BaseException:
         shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing half-written (the executor queued nothing)
         raise

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from core.errors import FtlError
 from core.fileio import write_json_atomic
 from launcher.clusters import ClusterConfig, tasks_per_node
+from launcher.local_runner import read_state
 
 
 @dataclass
@@ -82,11 +84,7 @@ class LocalExecutor(Executor):
     def states(self, job_ids: list[str]) -> dict[str, str]:
         out = {}
         for job_id in job_ids:
-            state_file = self.sweep_dir / "trials" / job_id.removeprefix("local-") / "local_state.json"
-            try:
-                out[job_id] = json.loads(state_file.read_text())["state"]
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                out[job_id] = "UNKNOWN"
+            out[job_id] = read_state(self.sweep_dir / "trials" / job_id.removeprefix("local-")).get("state", "UNKNOWN")
         return out
 
     def cancel(self, job_ids: list[str]) -> None:
@@ -96,7 +94,7 @@ class LocalExecutor(Executor):
                 os.killpg(int(runner.read_text()), signal.SIGTERM)
         for job_id in job_ids:
             trial_dir = self.sweep_dir / "trials" / job_id.removeprefix("local-")
-            state = json.loads((trial_dir / "local_state.json").read_text()) if (trial_dir / "local_state.json").is_file() else {}
+            state = read_state(trial_dir)
             if state.get("state") == "RUNNING" and state.get("pid"):
                 with contextlib.suppress(ProcessLookupError):
                     # as SLURM does before a time limit: the trial checkpoints at its next update and exits
@@ -112,8 +110,9 @@ KEEP = ("SLURM_CONF",)  # client configuration, not the state of an enclosing jo
 
 
 def _clean_env() -> dict[str, str]:
-    """This environment without SLURM_*/SBATCH_* job variables: submitted from inside a job, they would leak in."""
-    return {k: v for k, v in os.environ.items() if k in KEEP or not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    """This environment without an enclosing job's SLURM_*/SBATCH_*/SUBMITIT_* variables, which would leak in."""
+    prefixes = ("SLURM_", "SBATCH_", "SRUN_", "SUBMITIT_")
+    return {k: v for k, v in os.environ.items() if k in KEEP or not k.startswith(prefixes)}
 
 
 @contextlib.contextmanager
@@ -159,12 +158,15 @@ class SlurmExecutor(Executor):
         import submitit
 
         c = self.cluster
+        # the cluster's env is exported by the sbatch script itself: in place before Python (and torch) start
+        env = {**c.env, "WANDB_MODE": c.wandb_mode}
+        setup = [*c.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in env.items())]
         executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%j", max_num_timeout=c.max_requeues,
                                           python=c.python)  # fmt: skip
         extra = {k: v for k, v in c.sbatch.items()}
         params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
                       mem=f"{int(c.mem_gb * 1024)}M", time=c.time_min, partition=c.partition,
-                      array_parallelism=min(c.array_parallelism, array_size), setup=list(c.setup),
+                      array_parallelism=min(c.array_parallelism, array_size), setup=setup,
                       job_name=f"ftl-{self.sweep_dir.name}", additional_parameters=extra,
                       signal_delay_s=90)  # fmt: skip
         if c.gpus_per_node:
@@ -182,7 +184,6 @@ class SlurmExecutor(Executor):
         max_array, max_jobs = slurm_limits()
         budget = max_jobs - queued_jobs()
         chunk = max(1, max_array)  # array indices run 0..MaxArraySize-1
-        env = {**self.cluster.env, "WANDB_MODE": self.cluster.wandb_mode}
         ids: dict[str, str] = {}
         note = ""
         with _without_slurm_env():
@@ -196,7 +197,7 @@ class SlurmExecutor(Executor):
                 executor = self._submitit(len(part))
                 try:
                     with executor.batch():
-                        jobs = [executor.submit(FineTuneJob(t.recipe, t.overrides, t.run_dir, t.early_stop, env))
+                        jobs = [executor.submit(FineTuneJob(t.recipe, t.overrides, t.run_dir, t.early_stop))
                                 for t in part]  # fmt: skip
                 except Exception as e:  # sbatch refused: show SLURM's own message
                     raise FtlError(f"sbatch failed: {_slurm_message(e)}") from None

@@ -55,13 +55,6 @@ class Sweep:
     spec: dict[str, Any] = field(default_factory=dict)  # the file as read
     base_config: Any = None  # the recipe + sweep-wide overrides, built once by validate()
 
-    def trial_config(self, trial: Trial) -> dict[str, Any]:
-        """The resolved config of one trial as a plain dict (what a job receives)."""
-        from omegaconf import OmegaConf
-
-        cfg = config_lib.load(self.recipe, [*self.overrides, *trial.overrides])
-        return OmegaConf.to_container(cfg)  # type: ignore[return-value]
-
 
 def format_value(value: Any) -> str:
     """A value as an override string that parses back to the same value (YAML flow style)."""

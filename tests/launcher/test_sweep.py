@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from core import config
 from core.errors import FtlError
 from launcher.clusters import load_cluster
 from launcher.sweep import load_sweep
@@ -25,8 +26,8 @@ def test_grid_zip_seeds_product_and_stable_ids(tmp_path):
     first = a.trials[0].overrides
     assert first == ["optim.lr=0.001", "finetune.strategy=full", "model.name=mobilenetv2_100",
                      "model.pretrained=mobilenetv2_100.tv_in1k", "train.seed=0"]  # fmt: skip
-    cfg = a.trial_config(a.trials[-1])
-    assert cfg["model"]["name"] == "tf_efficientnet_lite0" and cfg["train"]["seed"] == 2 and cfg["optim"]["lr"] == 3e-3
+    cfg = config.load(a.recipe, [*a.overrides, *a.trials[-1].overrides])
+    assert cfg.model.name == "tf_efficientnet_lite0" and cfg.train.seed == 2 and cfg.optim.lr == 3e-3
 
 
 def test_random_sampling_is_seeded_and_in_range(tmp_path):
@@ -36,9 +37,9 @@ def test_random_sampling_is_seeded_and_in_range(tmp_path):
     a, b = load_sweep(write(tmp_path, spec)), load_sweep(write(tmp_path, spec, "t.yaml"))
     assert [t.overrides for t in a.trials] == [t.overrides for t in b.trials] and len(a.trials) == 20
     for t in a.trials:
-        cfg = a.trial_config(t)
-        assert 1e-4 <= cfg["optim"]["lr"] <= 1e-2 and cfg["data"]["batch_size"] in (16, 32)
-        assert 2 <= cfg["train"]["epochs"] <= 5 and isinstance(cfg["train"]["epochs"], int)
+        cfg = config.load(a.recipe, [*a.overrides, *t.overrides])
+        assert 1e-4 <= cfg.optim.lr <= 1e-2 and cfg.data.batch_size in (16, 32)
+        assert 2 <= cfg.train.epochs <= 5 and isinstance(cfg.train.epochs, int)
     assert len({t.overrides[0] for t in a.trials}) == 20
 
 
