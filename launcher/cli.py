@@ -91,8 +91,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     from launcher.control import submit_sweep
 
-    sweep_dir, man, note = submit_sweep(args.sweep_file, args.cluster, args.out, args.overrides)
-    print(f"ftl: queued {sum(t.state == 'PENDING' for t in man.trials.values())} of {len(man.trials)} trials "
+    def created(sweep_dir, man) -> None:
+        print(f"ftl: sweep dir {sweep_dir}: queueing {len(man.trials)} trials on {man.cluster['name']}", flush=True)
+
+    sweep_dir, man, note = submit_sweep(args.sweep_file, args.cluster, args.out, args.overrides, created)
+    print(f"ftl: queued {sum(bool(t.job_ids) for t in man.trials.values())} of {len(man.trials)} trials "
           f"on {man.cluster['name']}")  # fmt: skip
     if note:
         print(f"ftl: note: {note}")
@@ -101,9 +104,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from collections import Counter
-
-    from launcher.control import refresh
+    from launcher.control import progress_line, refresh
 
     man, rows = refresh(args.sweep_dir)
     sign = -1 if man.mode == "max" else 1
@@ -115,12 +116,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{r.id:10}  {r.state:10} {r.epoch:>6} {metric:>9} {best:>7}  {r.job_id:>12}  {r.overrides}")
     if len(rows) > args.limit:
         print(f"... {len(rows) - args.limit} more (--limit)")
-    counts = Counter(r.state for r in rows)
-    print("ftl: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.most_common()))
-    best = man.best()
-    if best:
-        print(f"ftl: best {best.id} {man.metric} {best.result[man.metric]:.4f}: {' '.join(best.overrides)}")
+    print(f"ftl: {progress_line(man)}")
+    hint = _hint(man, args.sweep_dir)
+    if hint:
+        print(f"ftl: {hint}")
     return 0
+
+
+def _hint(man, sweep_dir) -> str:
+    """What the user can do about trials that need attention."""
+    from launcher import states as st
+
+    todo = [t for t in man.trials.values() if st.needs_resume(t.state) and not t.cancelled]
+    return f"{len(todo)} trials need `ftl resume {sweep_dir}` (failed, lost, held or never submitted)" if todo else ""
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -141,19 +149,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from collections import Counter
-
-    from launcher.control import wait
+    from launcher import states as st
+    from launcher.control import progress_line, wait
 
     man = wait(args.sweep_dir, args.poll, args.timeout)
-    counts = Counter(t.state for t in man.trials.values())
-    print("ftl: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.most_common()))
+    print(f"ftl: {progress_line(man)}")
     best = man.best()
-    if best is None:
-        print("ftl: no trial finished")
+    if best is not None:
+        print(f"ftl: best trial {best.id}: {man.metric} {best.result[man.metric]:.4f} ({' '.join(best.overrides)})")
+        print(f"ftl: its run dir {Path(args.sweep_dir) / man.trials[best.id].run_dir}")
+    bad = [t for t in man.trials.values() if not st.is_success(t.state)]
+    if bad:
+        print(f"ftl: {len(bad)} of {len(man.trials)} trials did not complete; {_hint(man, args.sweep_dir)}")
         return 1
-    print(f"ftl: best trial {best.id}: {man.metric} {best.result[man.metric]:.4f} ({' '.join(best.overrides)})")
-    print(f"ftl: its run dir {Path(args.sweep_dir) / man.trials[best.id].run_dir}")
     return 0
 
 
@@ -167,6 +175,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from launcher.control import refresh
+
+    refresh(args.sweep_dir)  # the report shows states as they are now, not as the last `ftl status` saw them
     if args.wandb:
         from launcher.wandb_report import build_wandb_report
 
@@ -268,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int, default=40, help="rows to show, best first")
         if verb == "wait":
             p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
-            p.add_argument("--timeout", type=float, help="give up after this many seconds")
+            p.add_argument("--timeout", type=float, default=7 * 24 * 3600,
+                           help="give up after this many seconds (default: 7 days; 0: never)")
 
     sync = verbs.add_parser("sync", help="upload a sweep's offline W&B runs (wandb sync)")
     sync.add_argument("sweep_dir")
@@ -291,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        queued = args.verb == "sweep" and not args.dry_run
+        print("ftl: interrupted" + ("; what was queued is recorded: `ftl status` / `ftl resume` the sweep dir above"
+                                    if queued else ""), file=sys.stderr)  # fmt: skip
+        return 130
     except Exception as e:
         from core.errors import FtlError
 

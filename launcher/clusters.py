@@ -7,6 +7,9 @@ config names the partition and the resources of one trial (nodes x gpus_per_node
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,13 @@ class ClusterConfig:
     gpus_per_node: int = 0  # one task per GPU; 0: one CPU task per node
     cpus_per_task: int = 2
     mem_gb: float = 8
-    time_min: int = 60
+    time_min: Any = 60  # minutes, or a SLURM time string: "90", "1:00:00", "2-00:00:00" (read as SLURM reads it)
     array_parallelism: int = 256  # array tasks running at once
     max_requeues: int = 3  # preemptions / time-outs a trial may survive
     setup: list[str] = field(default_factory=list)  # shell lines run before each trial (module load ...)
     sbatch: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {exclusive: true}
-    env: dict[str, str] = field(default_factory=dict)  # environment of the trials
+    env: dict[str, Any] = field(default_factory=dict)  # environment of the trials (null: take it from the submitter's)
+    secrets: list[str] = field(default_factory=list)  # env names never written to disk (also any *KEY/TOKEN/...)
     wandb_mode: str = "offline"  # offline on compute nodes unless the cluster has a network
     python: str | None = None  # interpreter on the nodes (default: the one running ftl)
 
@@ -68,6 +72,11 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
         raise FtlError(f"{path}: {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
     cluster = ClusterConfig(**OmegaConf.to_container(merged))  # type: ignore[arg-type]
     problems = []
+    try:
+        cluster.time_min = slurm_minutes(cluster.time_min)
+    except ValueError as e:
+        problems.append(f"time_min={cluster.time_min!r}: {e}")
+        cluster.time_min = 1
     if cluster.executor not in ("local", "slurm"):
         problems.append(f"executor={cluster.executor!r} must be local or slurm")
     if cluster.wandb_mode not in ("offline", "online", "disabled"):
@@ -84,3 +93,62 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
 
 def tasks_per_node(cluster: ClusterConfig) -> int:
     return max(cluster.gpus_per_node, 1)
+
+
+def slurm_minutes(value: Any) -> int:
+    """A time limit as SLURM reads it, in whole minutes: 90 | "90" (minutes) | "90:30" (minutes:seconds) |
+    "1:00:00" (hours:minutes:seconds) | "2-12" | "2-12:30" | "2-12:30:00" (days-hours[:minutes[:seconds]])."""
+    if isinstance(value, bool):
+        raise ValueError("use minutes or a SLURM time string such as 1:00:00 or 2-00:00:00")
+    if isinstance(value, (int, float)):
+        minutes = float(value)
+    else:
+        match = re.fullmatch(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*", str(value))
+        if not match:
+            raise ValueError("use minutes or a SLURM time string: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+        days, a, b, c = match.groups()
+        if days is not None:  # D-HH[:MM[:SS]]
+            minutes = int(days) * 1440 + int(a) * 60 + int(b or 0) + int(c or 0) / 60
+        elif c is not None:  # HH:MM:SS
+            minutes = int(a) * 60 + int(b) + int(c) / 60
+        else:  # MM[:SS]
+            minutes = int(a) + int(b or 0) / 60
+    if minutes <= 0:
+        raise ValueError("must be a positive time")
+    return math.ceil(minutes)
+
+
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+
+
+def is_secret(cluster: ClusterConfig, name: str) -> bool:
+    return name in cluster.secrets or any(word in name.upper() for word in SECRET_WORDS)
+
+
+def job_environment(cluster: ClusterConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """(public, secret) environment of the trials. Public values may be written into submission scripts; secret
+    ones come from the cluster file's value or, when it is null, from this (the submitting) environment, and are
+    handed over through the environment only (sbatch exports it; the local runner inherits it)."""
+    public = {k: str(v) for k, v in cluster.env.items() if v is not None and not is_secret(cluster, k)}
+    public["WANDB_MODE"] = cluster.wandb_mode
+    names = {*cluster.secrets, *(k for k in cluster.env if is_secret(cluster, k) or cluster.env[k] is None)}
+    secret = {}
+    for name in names:
+        value = cluster.env.get(name)
+        value = os.environ.get(name) if value is None else str(value)
+        if value is not None:
+            secret[name] = value
+    return public, secret
+
+
+def missing_secrets(cluster: ClusterConfig) -> list[str]:
+    _, secret = job_environment(cluster)
+    names = {*cluster.secrets, *(k for k, v in cluster.env.items() if v is None)}
+    return sorted(n for n in names if n not in secret)
+
+
+def public_dict(cluster: ClusterConfig) -> dict[str, Any]:
+    """The cluster config as stored in a sweep dir: secret values left out (null: read again at submission)."""
+    data = dataclasses.asdict(cluster)
+    data["env"] = {k: (None if is_secret(cluster, k) else v) for k, v in cluster.env.items()}
+    return data

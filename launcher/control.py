@@ -1,14 +1,16 @@
 """Sweep control: submit a sweep, and status / resume / cancel / wait on its sweep dir.
 
-Everything is validated (sweep expansion, every override, the cluster config) before a sweep dir exists or a job
-is queued; a failed submission leaves nothing behind.
+Everything is validated (the sweep, every trial's config, the cluster) before a sweep dir exists or a job is
+queued. Every command that decides something about trials decides and acts under the sweep lock, on state read
+fresh inside it (launcher/manifest.py), so two commands at once never queue a trial twice.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,31 +20,20 @@ import yaml
 from core import config as config_lib
 from core.errors import FtlError
 from launcher import manifest as mf
-from launcher.clusters import ClusterConfig, load_cluster
-from launcher.executors import TrialSpec, create_executor
+from launcher import states as st
+from launcher.clusters import ClusterConfig, load_cluster, missing_secrets, public_dict
+from launcher.executors import Executor, create_executor
 from launcher.sweep import Sweep, load_sweep
-
-EARLY_STOP_KEYS = {"min_epochs", "reduction_factor"}
 
 
 def early_stop_spec(sweep: Sweep, sweep_dir: Path) -> dict[str, Any] | None:
+    """What each trial's early-stopping reporter needs (the sweep file's keys were checked by load_sweep)."""
     block = sweep.early_stop
     if not block:
         return None
-    unknown = set(block) - EARLY_STOP_KEYS
-    if unknown:
-        raise FtlError(f"{sweep.path}: early_stop.{sorted(unknown)[0]} is not a key; use {sorted(EARLY_STOP_KEYS)}")
     return {"storage": str(sweep_dir.resolve() / "optuna.journal"), "study": sweep.name, "metric": sweep.metric,
             "mode": sweep.mode, "min_epochs": int(block.get("min_epochs", 1)),
             "reduction_factor": int(block.get("reduction_factor", 3))}  # fmt: skip
-
-
-def specs(man: mf.Manifest, sweep_dir: Path, ids: list[str]) -> list[TrialSpec]:
-    """What each job receives; W&B groups a sweep's runs by its name and names each run by its trial id."""
-    recipe = str(sweep_dir.resolve() / "recipe.yaml")
-    wandb = [f"tracking.group={man.name}"]
-    return [TrialSpec(i, recipe, [*wandb, f"tracking.name={i}", *man.overrides, *man.trials[i].overrides],
-                      str(sweep_dir.resolve() / man.trials[i].run_dir), man.early_stop) for i in ids]  # fmt: skip
 
 
 def check_wandb_login(sweep: Sweep, cluster: ClusterConfig) -> None:
@@ -59,45 +50,47 @@ def check_wandb_login(sweep: Sweep, cluster: ClusterConfig) -> None:
                            "`wandb login`); log in, or use wandb_mode: offline and `ftl sync` later")  # fmt: skip
 
 
-def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, overrides: list[str]) -> tuple[Path, mf.Manifest, str]:
-    """Expand, validate, write the sweep dir and queue every trial; returns (sweep dir, manifest, note)."""
+def check_secrets(cluster: ClusterConfig) -> None:
+    missing = missing_secrets(cluster)
+    if missing:
+        raise FtlError(f"cluster {cluster.name}: {', '.join(missing)} must be set in this environment (secrets are "
+                       "taken from it at submission and never written to disk); export them and retry")  # fmt: skip
+
+
+def executor_for(man: mf.Manifest) -> Executor:
+    return create_executor(ClusterConfig(**man.cluster), man.dir)
+
+
+def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, overrides: list[str],
+                 on_created=lambda sweep_dir, man: None) -> tuple[Path, mf.Manifest, str]:  # fmt: skip
+    """Expand and validate, write the sweep dir complete, then queue its trials; returns (sweep dir, manifest, note).
+
+    A refusal before anything was queued removes the sweep dir again; after that, the dir stays (with what was
+    queued recorded) and `ftl resume` queues the rest. Ctrl-C never removes a dir with queued jobs."""
     sweep = load_sweep(sweep_file, overrides)
     cluster = load_cluster(cluster_name)
     check_wandb_login(sweep, cluster)
+    check_secrets(cluster)
     sweep_dir = Path(out) if out else Path("sweeps") / f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if sweep_dir.exists():
         raise FtlError(f"sweep dir {sweep_dir} already exists; continue it with `ftl resume {sweep_dir}` or pick --out")
-    early = early_stop_spec(sweep, sweep_dir)
+    executor = create_executor(cluster, sweep_dir)
+    executor.limits()  # the cluster answers (partition exists, limits readable) before the dir is written
+    resolved = config_lib.read_recipe(config_lib.resolve_recipe(sweep.recipe))
+    trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"trials/{t.id}") for t in sweep.trials}
+    man = mf.Manifest(sweep.name, sweep.recipe, sweep.overrides, sweep.metric, sweep.mode, public_dict(cluster),
+                      early_stop_spec(sweep, sweep_dir), mf.now(), trials, sweep_file=sweep.path, uid=mf.new_uid())  # fmt: skip
+    mf.create(sweep_dir, man, {"recipe.yaml": yaml.safe_dump(resolved, sort_keys=False),
+                               "sweep.yaml": yaml.safe_dump(sweep.spec, sort_keys=False)})  # fmt: skip
+    on_created(sweep_dir, man)
     try:
-        sweep_dir.mkdir(parents=True)
-        (sweep_dir / "logs").mkdir()
-    except OSError as e:
-        raise FtlError(f"cannot create the sweep dir {sweep_dir}: {e.strerror}") from None
-    try:
-        resolved = config_lib.read_recipe(config_lib.resolve_recipe(sweep.recipe))
-        (sweep_dir / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.spec, sort_keys=False))
-        trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"trials/{t.id}") for t in sweep.trials}
-        man = mf.Manifest(sweep.name, sweep.recipe, sweep.overrides, sweep.metric, sweep.mode, asdict(cluster), early,
-                          mf.now(), trials, sweep_file=sweep.path)  # fmt: skip
-        note = _submit(man, sweep_dir, cluster, list(trials))
-        mf.write(sweep_dir, man)  # once, complete: job ids included
-    except BaseException:
-        shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing half-written (the executor queued nothing)
+        with mf.locked(sweep_dir) as man:
+            note = executor.submit(man, list(man.trials.values()))
+    except FtlError:
+        if not any(t.job_ids for t in mf.read(sweep_dir).trials.values()):
+            shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing was queued: leave nothing behind
         raise
     return sweep_dir, man, note
-
-
-def _submit(man: mf.Manifest, sweep_dir: Path, cluster: ClusterConfig, ids: list[str]) -> str:
-    job_ids, note = create_executor(cluster, sweep_dir).submit(specs(man, sweep_dir, ids))
-    for trial_id in ids:
-        record = man.trials[trial_id]
-        if trial_id in job_ids:
-            record.job_ids.append(job_ids[trial_id])
-            record.state = "PENDING"
-        else:
-            record.state = "HELD"
-    return note
 
 
 @dataclass
@@ -111,61 +104,65 @@ class Row:
     overrides: str
 
 
-def refresh(sweep_dir: str | Path) -> tuple[mf.Manifest, list[Row]]:
-    """Query all job states at once (one sacct call on SLURM), merge the trials' own files, update the manifest."""
+def refresh(sweep_dir: str | Path, recover: bool = True) -> tuple[mf.Manifest, list[Row]]:
+    """Fresh states of every trial (one scheduler query for all), merged with the trials' own files, under the
+    lock. Jobs an interrupted submission queued are adopted; the local runner is replaced if it died."""
     sweep_dir = Path(sweep_dir)
     with mf.locked(sweep_dir) as man:
-        cluster = ClusterConfig(**man.cluster)
-        job_ids = [t.job_id for t in man.trials.values() if t.job_id]
-        states = create_executor(cluster, sweep_dir).states(job_ids)
-        rows = []
-        for t in man.trials.values():
-            progress, result = mf.read_trial_files(sweep_dir, t)
-            t.state = _trial_state(t, states.get(t.job_id or "", ""), result)
-            if result:
-                t.result = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-            epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if progress else "-"
-            rows.append(Row(t.id, t.state, epoch, progress.get(man.metric), progress.get("best") if progress else None,
-                            t.job_id or "-", " ".join(t.overrides)))  # fmt: skip
-    return man, rows
+        executor = executor_for(man)
+        if recover:
+            executor.recover(man, cancel_orphans=False)
+        executor.refresh(man, lambda r: mf.read_trial_files(sweep_dir, r))
+        executor.after_change(man)
+    return man, rows_of(man)
 
 
-def _trial_state(record: mf.TrialRecord, job_state: str, result: dict) -> str:
-    if result.get("status") == "completed":
-        return "COMPLETED"
-    if result.get("status") == "pruned":
-        return "PRUNED"
-    if record.state in ("NEW", "HELD") and not record.job_id:
-        return record.state
-    if job_state == "COMPLETED":  # the job ended but wrote no result: interrupted without a requeue
-        return "FAILED"
-    if job_state in ("", "UNKNOWN"):  # accounting lags a second or two behind a fresh submission
-        return record.state
-    return job_state
+def rows_of(man: mf.Manifest) -> list[Row]:
+    rows = []
+    for t in man.trials.values():
+        progress, result = mf.read_trial_files(man.dir, t) if t.attempt else ({}, {})
+        epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if "epochs" in progress else "-"
+        metric = result.get(man.metric, progress.get(man.metric))
+        best = progress.get("best") if isinstance(progress.get("best"), (int, float)) else None
+        rows.append(Row(t.id, t.state, epoch, metric if isinstance(metric, (int, float)) else None, best,
+                        t.job_id or "-", " ".join(t.overrides)))  # fmt: skip
+    return rows
 
 
 def resume(sweep_dir: str | Path) -> tuple[list[str], str]:
-    """Resubmit every trial that is not COMPLETED/PRUNED and not queued or running; returns (ids, note)."""
+    """Queue again every trial that needs it (never submitted, held back, interrupted submission, failed, held by
+    SLURM, lost); one locked decision, so a second `ftl resume` at the same time finds nothing left to do."""
     sweep_dir = Path(sweep_dir)
-    man, _ = refresh(sweep_dir)
-    active = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
-    ids = [t.id for t in man.trials.values() if t.state not in active | {"COMPLETED", "PRUNED"}]
-    if not ids:
-        return [], "nothing to resume: every trial is completed, pruned, queued or running"
     with mf.locked(sweep_dir) as man:
-        note = _submit(man, sweep_dir, ClusterConfig(**man.cluster), ids)
-    return ids, note
+        cluster = ClusterConfig(**man.cluster)
+        check_secrets(cluster)
+        executor = create_executor(cluster, sweep_dir)
+        executor.recover(man, cancel_orphans=True)
+        executor.refresh(man, lambda r: mf.read_trial_files(sweep_dir, r))
+        todo = [t for t in man.trials.values() if st.needs_resume(t.state)]
+        held = [t.job_id for t in todo if st.phase(t.state) == "held" and t.job_id]
+        if held:
+            executor.cancel(held)  # REQUEUE_HOLD / SPECIAL_EXIT: cancelled, then queued afresh (exact resume)
+        if not todo:
+            executor.after_change(man)
+            return [], "nothing to resume: every trial is completed, pruned, queued or running"
+        note = executor.submit(man, todo)
+    return [t.id for t in todo if t.job_ids and t.state == "PENDING"], note
 
 
 def cancel(sweep_dir: str | Path) -> int:
-    """Cancel every queued or running trial; finished results are kept."""
+    """Cancel every queued or running trial (marked first, so the mark sticks whatever the scheduler reports
+    next); finished results are kept. Returns how many were cancelled."""
     sweep_dir = Path(sweep_dir)
-    man, _ = refresh(sweep_dir)
-    live = [t for t in man.trials.values() if t.job_id and t.state not in mf.FINAL_STATES]
-    create_executor(ClusterConfig(**man.cluster), sweep_dir).cancel([t.job_id for t in live])  # type: ignore[misc]
     with mf.locked(sweep_dir) as man:
+        executor = executor_for(man)
+        executor.recover(man, cancel_orphans=True)
+        executor.refresh(man, lambda r: mf.read_trial_files(sweep_dir, r))
+        live = [t for t in man.trials.values() if t.job_id and st.phase(t.state) in ("pending", "live", "held", "unknown")]
         for t in live:
-            man.trials[t.id].state = "CANCELLED"
+            man.update(t, cancelled=True, state="CANCELLED")
+        mf.save_states(man)
+        executor.cancel([t.job_id for t in live if t.job_id])
     return len(live)
 
 
@@ -178,7 +175,6 @@ def offline_wandb_runs(sweep_dir: str | Path) -> list[Path]:
 def sync(sweep_dir: str | Path, dry_run: bool = False) -> list[Path]:
     """Upload a sweep's offline W&B runs with `wandb sync` (needs a network and a login)."""
     import subprocess
-    import sys
 
     runs = offline_wandb_runs(sweep_dir)
     if runs and not dry_run:
@@ -191,23 +187,39 @@ def sync(sweep_dir: str | Path, dry_run: bool = False) -> list[Path]:
     return runs
 
 
-def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = None) -> mf.Manifest:
-    """Block until every submitted trial reaches a final state, with a progress bar."""
+DEFAULT_WAIT_S = 7 * 24 * 3600
+
+
+def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = DEFAULT_WAIT_S) -> mf.Manifest:
+    """Block until every trial is settled (final, held by SLURM, or never submitted), printing progress: a live
+    bar on a terminal, one line per change otherwise. FtlError after timeout_s (None or 0: no limit)."""
     from tqdm import tqdm
 
-    man, rows = refresh(sweep_dir)
-    submitted = [r for r in rows if r.state not in ("NEW", "HELD")]
+    man, _ = refresh(sweep_dir)
     start = time.monotonic()
-    with tqdm(total=len(submitted), desc="trials done", unit="trial", disable=None) as bar:  # no bar in logs
+    tty = sys.stderr.isatty()
+    last = ""
+    with tqdm(total=len(man.trials), desc="trials settled", unit="trial", disable=not tty) as bar:
         while True:
-            done = sum(r.state in mf.FINAL_STATES for r in rows if r.state not in ("NEW", "HELD"))
-            bar.n = done
-            best = man.best()
-            bar.set_postfix_str(f"best {man.metric} {best.result[man.metric]:.4f}" if best else "", refresh=False)
-            bar.refresh()
-            if done >= len(submitted):
+            settled = sum(st.is_settled(t.state) for t in man.trials.values())
+            line = progress_line(man)
+            if tty:
+                bar.n = settled
+                bar.set_postfix_str(line, refresh=False)
+                bar.refresh()
+            elif line != last:
+                print(f"ftl: {time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
+                last = line
+            if settled == len(man.trials):
                 return man
-            if timeout_s is not None and time.monotonic() - start > timeout_s:
-                raise FtlError(f"ftl wait: {len(submitted) - done} trials still running after {timeout_s:.0f}s")
+            if timeout_s and time.monotonic() - start > timeout_s:
+                raise FtlError(f"ftl wait: {len(man.trials) - settled} trials not done after {timeout_s:.0f}s "
+                               f"(`ftl status {sweep_dir}`; --timeout 0 waits for ever)")  # fmt: skip
             time.sleep(poll_s)
-            man, rows = refresh(sweep_dir)
+            man, _ = refresh(sweep_dir)
+
+
+def progress_line(man: mf.Manifest) -> str:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in mf.counts(man).items())
+    best = man.best()
+    return counts + (f"; best {man.metric} {best.result[man.metric]:.4f} ({best.id})" if best else "")

@@ -1,14 +1,21 @@
-"""The sweep dir on disk: everything needed to leave a sweep and come back to it.
+"""The sweep dir on disk: everything needed to leave a sweep, kill anything, and come back to it.
 
-    SWEEP_DIR/manifest.json   sweep name, recipe, metric, cluster, and the trial table: overrides, run dir,
-                              job ids (one per submission), last known state, result
-    SWEEP_DIR/recipe.yaml     the base recipe as resolved at submission (later edits to jobs/recipes/ change
-                              nothing for a running sweep)
-    SWEEP_DIR/trials/<id>/    each trial's run dir (config.yaml, metrics.jsonl, progress.json, result.json, ...)
-    SWEEP_DIR/logs/           SLURM / local logs
+    SWEEP_DIR/sweep.json        what the sweep is: name, uid, recipe, sweep-wide overrides, metric, cluster (its
+                                secrets left out), early_stop and the trial table (id -> overrides). Written once,
+                                before any job is queued; the dir appears complete (it is renamed into place).
+    SWEEP_DIR/state/<id>.json   one trial's launcher state: attempt, submission (token, index), job ids, cancel mark,
+                                and once final its state and result. Absent: the trial was never submitted (NEW).
+                                Written temp-then-rename, only under the sweep lock: the intent (SUBMITTING, attempt,
+                                token) before sbatch, the job id right after - so a crash at any instant leaves a
+                                trial either unsubmitted, submitting (`ftl resume` adopts or cancels what SLURM has
+                                under that token) or submitted.
+    SWEEP_DIR/manifest.json     an index of the above (one row per trial: state, job id, metric) for people and
+                                tools, rewritten after every change; ftl itself never reads it.
+    SWEEP_DIR/recipe.yaml       the base recipe as resolved at submission; sweep.yaml the sweep file as read
+    SWEEP_DIR/trials/<id>/      each trial's run dir: written by its job only (config, metrics, checkpoints, result)
+    SWEEP_DIR/logs/             SLURM / local runner logs
 
-Only launcher commands write manifest.json, atomically and under a lock; jobs write only into their own run dir.
-Killing `ftl sweep` at any moment leaves either no manifest or a complete one.
+Launcher commands change state files only inside `locked()`, so two commands never interleave their decisions.
 """
 
 from __future__ import annotations
@@ -16,19 +23,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from core.errors import FtlError
 from core.fileio import write_json_atomic
+from launcher import states as st
 
-MANIFEST = "manifest.json"
-# SLURM (and ftl) states that end a trial for good.
-FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-                "PRUNED"}  # fmt: skip
+SWEEP = "sweep.json"
+INDEX = "manifest.json"
+STATE_DIR = "state"
+VERSION = 2
 
 
 @dataclass
@@ -36,13 +48,21 @@ class TrialRecord:
     id: str
     overrides: list[str]
     run_dir: str  # relative to the sweep dir
-    job_ids: list[str] = field(default_factory=list)  # one per submission (resume adds one)
-    state: str = "NEW"  # NEW | HELD | PENDING | RUNNING | COMPLETED | FAILED | CANCELLED | PREEMPTED | PRUNED ...
-    result: dict[str, Any] = field(default_factory=dict)
+    state: str = "NEW"  # the last state ftl derived (launcher/states.py); NEW when never submitted
+    attempt: int = 0  # submissions so far
+    job_ids: list[str] = field(default_factory=list)  # one per submission that reached the scheduler
+    token: str | None = None  # the submission batch of the current attempt (its jobs carry it in their name)
+    index: int | None = None  # the trial's place in that batch (its array index)
+    submitted: float | None = None  # when the current attempt was submitted (time.time())
+    cancelled: bool = False  # `ftl cancel` asked for the current attempt: sticks until the next submission
+    result: dict[str, Any] = field(default_factory=dict)  # the metrics of result.json, once final
 
     @property
     def job_id(self) -> str | None:
         return self.job_ids[-1] if self.job_ids else None
+
+
+STATE_KEYS = tuple(f.name for f in fields(TrialRecord) if f.name not in ("id", "overrides", "run_dir"))
 
 
 @dataclass
@@ -57,60 +77,276 @@ class Manifest:
     created: str
     trials: dict[str, TrialRecord]
     sweep_file: str = ""
-    version: int = 1
+    uid: str = ""  # random, per launch: W&B group suffix and SLURM job names
+    version: int = VERSION
+    dir: Path = Path(".")
+    changed: set[str] = field(default_factory=set)  # trial ids whose state must be written back
 
     def best(self) -> TrialRecord | None:
-        done = [t for t in self.trials.values() if self.metric in t.result]
+        done = [t for t in self.trials.values() if isinstance(t.result.get(self.metric), (int, float))]
         if not done:
             return None
         sign = 1 if self.mode == "max" else -1
         return max(done, key=lambda t: sign * t.result[self.metric])
 
+    def update(self, record: TrialRecord, **changes: Any) -> None:
+        """Change a trial's state fields; written back when the lock is released (or by `save_states`)."""
+        for key, value in changes.items():
+            setattr(record, key, value)
+        self.changed.add(record.id)
 
-def manifest_path(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / MANIFEST
-
-
-def write(sweep_dir: Path, manifest: Manifest) -> None:
-    data = asdict(manifest)
-    write_json_atomic(manifest_path(sweep_dir), data)
-
-
-def read(sweep_dir: str | Path) -> Manifest:
-    path = manifest_path(Path(sweep_dir))
-    if not path.is_file():
-        raise FtlError(f"{sweep_dir} is not a sweep dir (no {MANIFEST}); `ftl sweep FILE` creates one")
-    try:
-        data = json.loads(path.read_text())
-        trials = {k: TrialRecord(**v) for k, v in data.pop("trials").items()}
-        return Manifest(**data, trials=trials)
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise FtlError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+    @property
+    def job_name(self) -> str:
+        """Prefix of every SLURM job name of this sweep launch: `ftl-<name>-<uid>`."""
+        return f"ftl-{self.name}-{self.uid}"
 
 
-@contextlib.contextmanager
-def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
-    """Read-modify-write the manifest under an exclusive lock; written back atomically on success."""
-    sweep_dir = Path(sweep_dir)
-    read(sweep_dir)  # a clear error for a dir that is not a sweep
-    with open(sweep_dir / ".manifest.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = read(sweep_dir)
-        yield manifest
-        write(sweep_dir, manifest)
+def new_uid() -> str:
+    return secrets.token_hex(4)
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+# ---------------------------------------------------------------- writing
+
+
+def _write_small(path: Path, data: bytes) -> None:
+    """Temp-then-rename for many small files: no fsync per file (see `sync_dir`), no JSON pretty printing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def sync_dir(path: Path) -> None:
+    """Make the renames in a directory durable (one fsync for a whole batch of state files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_states(man: Manifest, ids: set[str] | None = None) -> None:
+    """Write the state files of the changed trials (or of `ids`), then the index."""
+    ids = set(man.changed) if ids is None else ids
+    if not ids:
+        return
+    state_dir = man.dir / STATE_DIR
+    for trial_id in ids:
+        record = man.trials[trial_id]
+        data = {k: getattr(record, k) for k in STATE_KEYS}
+        _write_small(state_dir / f"{trial_id}.json", json.dumps(data, separators=(",", ":")).encode())
+    sync_dir(state_dir)
+    man.changed -= ids
+    write_index(man)
+
+
+def write_index(man: Manifest) -> None:
+    """manifest.json: the sweep and one row per trial, for people and tools (ftl reads the state files)."""
+    rows = {t.id: {"state": t.state, "job_id": t.job_id, "attempt": t.attempt, "run_dir": t.run_dir,
+                   "overrides": t.overrides, man.metric: t.result.get(man.metric)} for t in man.trials.values()}  # fmt: skip
+    meta = {k: v for k, v in _sweep_data(man).items() if k != "trials"}
+    write_json_atomic(man.dir / INDEX, {**meta, "trials": rows})
+
+
+def _sweep_data(man: Manifest) -> dict[str, Any]:
+    data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in ("dir", "changed", "trials")}
+    data["trials"] = {t.id: t.overrides for t in man.trials.values()}
+    return data
+
+
+def create(sweep_dir: Path, man: Manifest, files: dict[str, str]) -> None:
+    """Write a new sweep dir complete (sweep.json, extra files, state/ and logs/) and rename it into place."""
+    sweep_dir = Path(sweep_dir)
+    parent = sweep_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sweep_dir.name}.", dir=parent))
+    except OSError as e:
+        raise FtlError(f"cannot create the sweep dir {sweep_dir}: {e.strerror}") from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        (tmp / STATE_DIR).mkdir()
+        (tmp / "logs").mkdir()
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        write_json_atomic(tmp / SWEEP, _sweep_data(man))
+        os.rename(tmp, sweep_dir)  # fails if sweep_dir appeared meanwhile: never merged into another sweep
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FtlError(f"cannot create the sweep dir {sweep_dir}: {e.strerror or e}") from None
+    man.dir = sweep_dir
+    write_index(man)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_sweep(sweep_dir: Path) -> Manifest:
+    """sweep.json alone: what the sweep is, every trial as NEW (the state files are not read)."""
+    path = sweep_dir / SWEEP
+    if not path.is_file():
+        raise FtlError(f"{sweep_dir} is not a sweep dir (no {SWEEP}); `ftl sweep FILE` creates one")
+    man = _manifest_from(_load_json(path), path)
+    man.dir = sweep_dir
+    return man
+
+
+def read_state(sweep_dir: Path, record: TrialRecord) -> TrialRecord:
+    """Fill one record from its state file (left as it is when there is none)."""
+    path = sweep_dir / STATE_DIR / f"{record.id}.json"
+    if path.is_file():
+        _apply_state(record, _load_json(path), path)
+    return record
+
+
+def read(sweep_dir: str | Path) -> Manifest:
+    """The sweep as its files say now (sweep.json + every state file). A damaged file is one clear FtlError."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / SWEEP).is_file() and (sweep_dir / INDEX).is_file() and not (sweep_dir / STATE_DIR).is_dir():
+        return _read_v1(sweep_dir)
+    man = read_sweep(sweep_dir)
+    state_dir = sweep_dir / STATE_DIR
+    try:
+        names = os.listdir(state_dir)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        trial_id = name.removesuffix(".json")
+        if name.startswith(".") or not name.endswith(".json"):
+            continue
+        record = man.trials.get(trial_id)
+        if record is None:
+            continue  # not a trial of this sweep: ignored
+        _apply_state(record, _load_json(state_dir / name), state_dir / name)
+    return man
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FtlError(f"{path} is damaged (not JSON: {e}); restore it, or delete it if it is a state file "
+                       "(the trial then counts as never submitted: check `squeue` for its job first)") from None  # fmt: skip
+    except OSError as e:
+        raise FtlError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _manifest_from(data: Any, path: Path) -> Manifest:
+    """Check the shape of sweep.json (every field, its type) and build the Manifest."""
+    expect = {"name": str, "recipe": str, "overrides": list, "metric": str, "mode": str, "cluster": dict,
+              "created": str, "trials": dict, "uid": str}  # fmt: skip
+    if not isinstance(data, dict):
+        raise FtlError(f"{path} is damaged: a mapping is expected, found {type(data).__name__}")
+    problems = [f"'{k}' should be {t.__name__}" for k, t in expect.items() if not isinstance(data.get(k), t)]
+    if not problems and data.get("version", VERSION) > VERSION:
+        problems.append(f"version {data['version']} is newer than this ftl ({VERSION}): update ftl")
+    bad = [k for k, v in (data.get("trials") or {}).items() if not (isinstance(v, list) and all(isinstance(o, str) for o in v))]
+    if bad and not problems:
+        problems.append(f"trial {bad[0]}'s overrides are not a list of strings")
+    if problems:
+        raise FtlError(f"{path} is damaged or not ftl's: {'; '.join(problems)}")
+    trials = {k: TrialRecord(k, list(v), f"trials/{k}") for k, v in data["trials"].items()}
+    known = {f.name for f in fields(Manifest)} - {"dir", "changed", "trials"}
+    return Manifest(**{k: v for k, v in data.items() if k in known and k != "trials"}, trials=trials)
+
+
+def _apply_state(record: TrialRecord, data: Any, path: Path) -> None:
+    """Fill a record from its state file, checking every field's type (a foreign file is named, not trusted)."""
+    types = {"state": str, "attempt": int, "job_ids": list, "token": (str, type(None)), "index": (int, type(None)),
+             "submitted": (int, float, type(None)), "cancelled": bool, "result": dict}  # fmt: skip
+    if not isinstance(data, dict) or any(not isinstance(data.get(k, getattr(record, k)), t) for k, t in types.items()):
+        raise FtlError(f"{path} is damaged or not ftl's (unexpected fields); restore it, or delete it if the trial "
+                       "has no job in the queue (it then counts as never submitted)")  # fmt: skip
+    for key in STATE_KEYS:
+        if key in data:
+            setattr(record, key, data[key])
+
+
+def _read_v1(sweep_dir: Path) -> Manifest:
+    """A sweep dir from ftl before per-trial state files (one manifest.json): read it as the new layout."""
+    data = _load_json(sweep_dir / INDEX)
+    try:
+        rows = data.pop("trials")
+        trials = {k: TrialRecord(k, v["overrides"], v.get("run_dir", f"trials/{k}"), v.get("state", "NEW"),
+                                 len(v.get("job_ids", [])), list(v.get("job_ids", [])), result=v.get("result", {}))
+                  for k, v in rows.items()}  # fmt: skip
+        man = Manifest(**{k: data[k] for k in ("name", "recipe", "overrides", "metric", "mode", "cluster", "early_stop",
+                                                "created")}, trials=trials, sweep_file=data.get("sweep_file", ""))  # fmt: skip
+    except (KeyError, TypeError, AttributeError) as e:
+        raise FtlError(f"{sweep_dir / INDEX} is damaged or not ftl's ({type(e).__name__}: {e})") from None
+    man.dir = sweep_dir
+    return man
+
+
+def upgrade_v1(man: Manifest) -> None:
+    """Write a v1 sweep dir in the new layout (under the lock): sweep.json and a state file per submitted trial."""
+    man.uid = man.uid or new_uid()
+    (man.dir / STATE_DIR).mkdir(exist_ok=True)
+    write_json_atomic(man.dir / SWEEP, _sweep_data(man))
+    man.changed |= {t.id for t in man.trials.values() if t.attempt}
+
+
+@contextlib.contextmanager
+def lock(sweep_dir: Path) -> Iterator[None]:
+    """The sweep's exclusive lock: every change of state files (and the local runner's start of a trial)."""
+    with open(sweep_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
+    """The sweep under its lock, read fresh after the lock is taken; changed states are written back (also when
+    the block raises: what was done - a job queued - must be recorded)."""
+    sweep_dir = Path(sweep_dir)
+    read(sweep_dir)  # a clear error for a dir that is not a sweep, before creating a lock file in it
+    with lock(sweep_dir):
+        man = read(sweep_dir)
+        if not (sweep_dir / SWEEP).is_file():
+            upgrade_v1(man)
+        try:
+            yield man
+        finally:
+            save_states(man)
+
+
 def read_trial_files(sweep_dir: Path, record: TrialRecord) -> tuple[dict, dict]:
-    """(progress, result) written by the trial's engine into its run dir; empty dicts where absent."""
-    run_dir = sweep_dir / record.run_dir
-    out = []
+    """(progress, result) written by the trial's engine into its run dir; empty dicts where absent or damaged."""
+    run_dir = Path(sweep_dir) / record.run_dir
+    out: list[dict] = []
     for name in ("progress.json", "result.json"):
         try:
-            out.append(json.loads((run_dir / name).read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            out.append({})
+            value = json.loads((run_dir / name).read_bytes())
+        except (OSError, ValueError):
+            value = {}
+        out.append(value if isinstance(value, dict) else {})
     return out[0], out[1]
+
+
+def counts(man: Manifest) -> dict[str, int]:
+    """Trials per state, most common first."""
+    out: dict[str, int] = {}
+    for t in man.trials.values():
+        out[t.state] = out.get(t.state, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def finished(man: Manifest) -> list[TrialRecord]:
+    return [t for t in man.trials.values() if st.is_final(t.state)]
+
+
+def as_dict(record: TrialRecord) -> dict[str, Any]:
+    return asdict(record)

@@ -33,6 +33,7 @@ from core import config as config_lib
 from core.errors import FtlError, did_you_mean
 
 SWEEP_KEYS = ("recipe", "name", "overrides", "grid", "zip", "random", "seeds", "metric", "mode", "early_stop")
+EARLY_STOP_KEYS = ("min_epochs", "reduction_factor")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 
 
@@ -160,10 +161,25 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
     mode = spec.get("mode", "max")
     if mode not in ("max", "min"):
         raise FtlError(f"{path}: mode={mode!r} must be max or min")
+    _check_early_stop(spec.get("early_stop"), path)
     sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed],
                   spec.get("metric", "val_top1"), mode, spec.get("early_stop"), trials, spec)  # fmt: skip
     validate(sweep)
     return sweep
+
+
+def _check_early_stop(block: Any, path: Path) -> None:
+    if block is None:
+        return
+    if not isinstance(block, dict):
+        raise FtlError(f"{path}: early_stop must map {', '.join(EARLY_STOP_KEYS)} to integers, got {block!r}")
+    for key, value in block.items():
+        if key not in EARLY_STOP_KEYS:
+            raise FtlError(f"{path}: early_stop.{key} is not a key{did_you_mean(str(key), EARLY_STOP_KEYS)}; "
+                           f"use {', '.join(EARLY_STOP_KEYS)}")  # fmt: skip
+        low = 2 if key == "reduction_factor" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise FtlError(f"{path}: early_stop.{key}={value!r} must be an integer >= {low}")
 
 
 def validate(sweep: Sweep) -> None:

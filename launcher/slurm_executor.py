@@ -1,0 +1,171 @@
+"""The SLURM backend: submitit job arrays (never a hand-written sbatch).
+
+One array per batch, named `ftl-<sweep>-<uid>.<token>` so the jobs of a batch can be found again after a crash;
+batches are MaxArraySize long and held back beyond MaxJobCount. States come from one `sacct` call for all arrays;
+jobs accounting does not report (purged, or slurmdbd behind) are looked up in the controller with `squeue`.
+The submitting environment is cleaned of an enclosing job's variables (submitit's `helpers.clean_env`); the
+cluster's secrets travel in the environment sbatch exports, never in a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+
+from core.errors import FtlError
+from launcher import manifest as mf
+from launcher.clusters import job_environment, tasks_per_node
+from launcher.executors import Executor, TrialSpec
+
+
+def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise FtlError(f"SLURM's {cmd[0]} is not on PATH: run on a login node, or use --cluster local") from None
+    except subprocess.TimeoutExpired:
+        raise FtlError(f"{cmd[0]} did not answer in {timeout:.0f}s: is slurmctld up? (scontrol ping)") from None
+
+
+def slurm_limits() -> tuple[int, int]:
+    """(MaxArraySize, MaxJobCount) from `scontrol show config`."""
+    proc = _run(["scontrol", "show", "config"], 30)
+    if proc.returncode != 0:
+        raise FtlError(f"scontrol show config failed: {proc.stderr.strip() or proc.returncode}")
+    found = dict(re.findall(r"^(MaxArraySize|MaxJobCount)\s*=\s*(\d+)", proc.stdout, re.M))
+    return int(found.get("MaxArraySize", 1001)), int(found.get("MaxJobCount", 10000))
+
+
+def queued_jobs() -> int:
+    """Jobs (array tasks counted one by one) now in the queue, for the MaxJobCount budget."""
+    return len(_run(["squeue", "-h", "-r", "-o", "%i"], 60).stdout.split())
+
+
+def check_partition(partition: str | None) -> None:
+    if partition is None:
+        return
+    out = _run(["sinfo", "-h", "-o", "%R"], 30).stdout.split()
+    if partition not in out:
+        raise FtlError(f"partition '{partition}' does not exist on this cluster; partitions: {', '.join(sorted(set(out)))}")
+
+
+def expand_job_ids(job_id: str) -> list[str]:
+    """'17_[0-2,5%2]' -> ['17_0', '17_1', '17_2', '17_5'] (submitit's `read_job_id`); other ids unchanged."""
+    from submitit.slurm.slurm import read_job_id
+
+    out = []
+    for parts in read_job_id(job_id):
+        if len(parts) == 3:
+            out += [f"{parts[0]}_{i}" for i in range(int(parts[1]), int(parts[2]) + 1)]
+        else:
+            out.append("_".join(parts))
+    return out
+
+
+class SlurmExecutor(Executor):
+    def limits(self) -> tuple[int, int, str]:
+        check_partition(self.cluster.partition)
+        max_array, max_jobs = slurm_limits()
+        why = f"MaxJobCount={max_jobs} and every array task counts as a job"
+        return max(1, max_array), max_jobs - queued_jobs(), why  # array indices run 0..MaxArraySize-1
+
+    def _submitit(self, array_size: int, job_name: str):
+        import submitit
+
+        c = self.cluster
+        public, _ = job_environment(c)  # the secrets go through sbatch's environment, not the script
+        setup = [*c.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in public.items())]
+        executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%j", max_num_timeout=c.max_requeues,
+                                          python=c.python)  # fmt: skip
+        params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
+                      mem=f"{int(c.mem_gb * 1024)}M", time=c.time_min, partition=c.partition,
+                      array_parallelism=min(c.array_parallelism, array_size), setup=setup, job_name=job_name,
+                      additional_parameters=dict(c.sbatch), signal_delay_s=90)  # fmt: skip
+        if c.gpus_per_node:
+            params["gpus_per_node"] = c.gpus_per_node
+        for key in ("account", "qos", "constraint"):
+            if getattr(c, key):
+                params[key] = getattr(c, key)
+        executor.update_parameters(**params)
+        return executor
+
+    def _submit_batch(self, specs: list[TrialSpec], job_name: str) -> list[str]:
+        import submitit
+
+        from jobs.finetune import FineTuneJob
+
+        executor = self._submitit(len(specs), job_name)
+        _, secret = job_environment(self.cluster)
+        saved = dict(os.environ)
+        os.environ.update(secret)
+        try:
+            with submitit.helpers.clean_env():  # an enclosing job's SLURM_*, SUBMITIT_*, RANK, MASTER_ADDR ...
+                with executor.batch():
+                    jobs = [executor.submit(FineTuneJob(s.recipe, s.overrides, s.run_dir, s.early_stop)) for s in specs]
+        except submitit.core.utils.FailedJobError as e:  # sbatch refused: SLURM's own words
+            raise FtlError(f"sbatch failed: {slurm_message(e)}") from None
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return [job.job_id for job in jobs]
+
+    def find_jobs(self, man: mf.Manifest, tokens: set[str]) -> dict[str, dict[int, str]]:
+        """The controller's queue (squeue) and accounting (sacct) for jobs named after these tokens."""
+        names = {f"{man.job_name}.{t}": t for t in tokens}
+        if not names:
+            return {}
+        out: dict[str, dict[int, str]] = {}
+        queue = _run(["squeue", "-h", "-r", "-o", "%i|%j", f"--name={','.join(names)}"]).stdout
+        acct = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName", "-S", "now-30days", f"--name={','.join(names)}"]).stdout
+        for line in (queue + "\n" + acct).splitlines():
+            job, _, name = line.partition("|")
+            if name.strip() not in names:
+                continue
+            for task in expand_job_ids(job.strip()):
+                array, _, index = task.partition("_")
+                out.setdefault(names[name.strip()], {})[int(index or 0)] = task
+        return out
+
+    def adoptable(self, job_id: str) -> bool:
+        """submitit moves each task's pickle into place after sbatch returns: a job without it cannot run."""
+        return (self.sweep_dir / "logs" / job_id / f"{job_id}_submitted.pkl").is_file()
+
+    def states(self, man: mf.Manifest, records: list[mf.TrialRecord]) -> dict[str, str]:
+        job_ids = [r.job_id for r in records if r.job_id]
+        arrays = sorted({j.split("_")[0] for j in job_ids})
+        found: dict[str, str] = {}
+        for start in range(0, len(arrays), 1000):  # keep the command line short
+            proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays[start : start + 1000])])
+            if proc.returncode != 0:
+                raise FtlError(f"sacct failed: {proc.stderr.strip()} (is slurmdbd up?)")
+            _read_states(proc.stdout, found)
+        missing = [j for j in job_ids if j not in found]
+        if missing:  # purged from accounting, or accounting behind: ask the controller
+            _read_states(_run(["squeue", "-h", "-r", "-o", "%i|%T", "-u", str(os.getuid())]).stdout, found)
+        return {j: found.get(j, "UNKNOWN") for j in job_ids}
+
+    def cancel(self, job_ids: list[str]) -> None:
+        for start in range(0, len(job_ids), 1000):
+            _run(["scancel", *job_ids[start : start + 1000]])
+
+
+def _read_states(text: str, found: dict[str, str]) -> None:
+    for line in text.splitlines():
+        job, _, state = line.partition("|")
+        if not job.strip() or "." in job:
+            continue
+        for task in expand_job_ids(job.strip()):  # pending tasks come folded: 17_[0-5,7%2]
+            found[task] = state.strip()
+
+
+def slurm_message(error: Exception) -> str:
+    """SLURM's own words: its 'sbatch: error/fatal:' lines, joined."""
+    text = str(error)
+    lines = [m.strip() for m in re.findall(r"sbatch: (?:error|fatal): (.*)", text)]
+    if lines:
+        return "; ".join(dict.fromkeys(lines))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("Command", "$"))]
+    return lines[-1] if lines else type(error).__name__
+
