@@ -393,6 +393,11 @@ def save(cfg: DictConfig, path: str | Path) -> None:
     write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """A config as plain data (picklable, YAML- and JSON-able)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
 def from_yaml(path: str | Path) -> DictConfig:
     """Re-load a config saved by `save` (e.g. from a run dir or export)."""
     return build([OmegaConf.to_container(OmegaConf.load(path))], source=str(path))  # type: ignore[list-item]

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from core.fileio import write_json_atomic
 from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
 from core.models import build_model, count_params, freeze, set_frozen_bn_eval
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
+from core.run_dir import plan_run
 from core.tracking import JsonlLogger, truncate_after
 
 
@@ -60,21 +61,6 @@ def release_accelerator() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-
-
-def choose_run_dir(cfg: DictConfig, run_dir: str | Path | None) -> Path:
-    """The run dir: the resumed one, the one given, or output_dir/<name>-<time>; checked to be writable."""
-    if cfg.resume:
-        return Path(cfg.resume).expanduser()
-    if run_dir is None:
-        run_dir = Path(cfg.train.output_dir) / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(run_dir).expanduser()
-    if (run_dir / "checkpoints").exists():
-        raise FtlError(f"run dir {run_dir} already holds a run; resume it with resume={run_dir} or pick another")
-    parent = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FtlError(f"cannot write the run dir {run_dir}: {parent} is not writable; set train.output_dir")
-    return run_dir
 
 
 def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_grad_norm: float | None,
@@ -258,44 +244,45 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
 
     # --- setup: every user-fixable problem surfaces here, before anything is written ---
     parts = build_parts(cfg, say)
-    run_dir = broadcast_object_list([choose_run_dir(cfg, run_dir) if accelerator.is_main_process else None])[0]
-    resume_from = ckpt.latest_checkpoint(run_dir) if cfg.resume else None
+    plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir)
+                                  if accelerator.is_main_process else None])[0]  # fmt: skip
+    run_dir = plan.run_dir
     model, optimizer, train_loader, val_loader = prepare(accelerator, cfg, parts)
     unwrapped = accelerator.unwrap_model(model)
     loss_fn = make_loss(cfg.augment.label_smoothing)
     peak, _ = config_lib.lr_plan(cfg)
-    if peak is None and resume_from is None:  # optim.lr: auto
-        peak = _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir)
-    elif peak is None:
+    if peak is None and (run_dir / "lr_find.json").is_file() and plan.resuming:
         peak = json.loads((run_dir / "lr_find.json").read_text())["chosen"]
+    elif peak is None:  # optim.lr: auto
+        peak = _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir)
     updates_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
     s = cfg.schedule
     schedule = PhasedSchedule(optimizer, s.name, peak, [p.epochs * updates_per_epoch for p in parts.phases],
                               updates_per_epoch, s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
-    accelerator.register_for_checkpointing(schedule)
     ema = ModelEmaV3(unwrapped, decay=t.ema_decay) if t.ema else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
     mixer = batch_mixer(parts.augment, len(parts.classes))
-
-    # --- the run dir: config, metrics, checkpoints, exports ---
     state = ckpt.TrainerState()
+    if plan.checkpoint is not None:  # every file was verified against its checksum by plan_run
+        state = ckpt.load_checkpoint(accelerator, plan.checkpoint, unwrapped, optimizer, schedule, ema)
+
+    # --- the run dir: written only now that every check passed ---
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         config_lib.save(cfg, run_dir / "config.yaml")
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = ckpt.load_trainer_state(resume_from)
-        if accelerator.is_main_process:
-            truncate_after(run_dir / "metrics.jsonl", state.global_step)
+        set_aside(plan.set_aside)
+        truncate_after(run_dir / "metrics.jsonl", state.global_step)
     accelerator.wait_for_everyone()
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
-    wandb_run = _wandb_tracker(cfg, run_dir) if cfg.tracking.wandb and accelerator.is_main_process else None
+    wandb_run = (_wandb_tracker(cfg, run_dir, state.global_step if plan.checkpoint else 0)
+                 if cfg.tracking.wandb and accelerator.is_main_process else None)  # fmt: skip
 
     def log(record: dict[str, Any]) -> None:
         logger.log(record)
         if wandb_run is not None:
             wandb_run.log(record, step=record["step"])
+
+    def save(state: ckpt.TrainerState) -> None:
+        ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints, unwrapped, optimizer, schedule, ema)
     export_meta = {"model": m.name, "classes": parts.classes, "num_classes": len(parts.classes),
                    "head": m.head, "mean": parts.mean, "std": parts.std, "config": OmegaConf.to_container(cfg)}  # fmt: skip
 
@@ -305,10 +292,13 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         f"precision {t.precision}")  # fmt: skip
     names = {id(p): n for n, p in unwrapped.named_parameters()}
     say("ftl: parameter groups\n" + param_group_table(optimizer, names))
-    say(f"ftl: run dir {run_dir}" + (f" (resuming {resume_from.name}, epoch {state.epoch + 1})" if resume_from else ""))
+    resumed = f" (resuming {plan.checkpoint.name}, epoch {state.epoch + 1})" if plan.checkpoint else ""
+    if state.epoch >= t.epochs:
+        resumed = f" (finished at {plan.checkpoint.name}: its result as it ended)"  # type: ignore[union-attr]
+    say(f"ftl: run dir {run_dir}" + (resumed or " (no complete checkpoint: from the beginning)" * plan.resuming))
 
     # --- the loop ---
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = dict(state.metrics)  # a resumed finished run reports its last validation
     stop_flag = torch.zeros(1, device=accelerator.device)
     size, phase = None, None
     while state.epoch < t.epochs:
@@ -324,7 +314,9 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         model.train()
         set_frozen_bn_eval(unwrapped)
         bar = _progress(len(train_loader), state, t.epochs, accelerator.is_main_process)
-        loss_sum, loss_n, started = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+        # the epoch's running loss; a resumed epoch starts from the checkpoint's, so it logs what its twin logs
+        loss_sum = torch.tensor(state.loss_sum, device=accelerator.device)
+        loss_n, started = state.loss_n, time.perf_counter()
         for batch in loader:
             loss = train_step(accelerator, model, batch, loss_fn, optimizer, schedule, t.clip_grad_norm,
                               m.channels_last, mixer)  # fmt: skip
@@ -344,17 +336,22 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
                      "input_px": batch[0].shape[-1]})  # fmt: skip
                 bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
             if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
-                ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
+                state.loss_sum, state.loss_n = loss_sum.item(), loss_n
+                save(state)
             if should_stop is not None:
                 stop_flag.fill_(float(should_stop()))
                 if accelerator.reduce(stop_flag, "max").item():  # every rank stops at the same step
                     bar.close()
-                    ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
+                    state.loss_sum, state.loss_n = loss_sum.item(), loss_n
+                    save(state)
                     say(f"ftl: stopped at step {state.global_step} (epoch {state.epoch + 1}); checkpoint saved")
                     logger.close()
                     if wandb_run is not None:
                         wandb_run.finish()
-                    return _result("interrupted", run_dir, state, metrics)
+                    result = _result("interrupted", run_dir, state, metrics)
+                    if accelerator.is_main_process:
+                        write_json_atomic(run_dir / "result.json", result)
+                    return result
         bar.close()
         epoch_time = time.perf_counter() - started
         train_loss = (loss_sum / max(loss_n, 1)).item()
@@ -362,7 +359,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         if ema is not None:
             metrics.update({f"val_ema_{k[4:]}": v for k, v in evaluate(accelerator, ema.module, val_loader).items()})
         state.epoch += 1
-        state.step_in_epoch = 0
+        state.step_in_epoch, state.loss_sum, state.loss_n, state.metrics = 0, 0.0, 0, metrics
         is_best = metrics["val_top1"] > state.best_metric
         if is_best:
             state.best_metric, state.best_epoch = metrics["val_top1"], state.epoch
@@ -374,7 +371,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         if accelerator.is_main_process:
             meta = {**export_meta, "image_size": size, "epoch": state.epoch, "step": state.global_step}
             _export_epoch(run_dir, unwrapped, ema, is_best, meta, metrics)
-        ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints)
+        save(state)
         if accelerator.is_main_process:
             write_json_atomic(run_dir / "progress.json", {"epoch": state.epoch, "epochs": t.epochs,
                               "best": state.best_metric, "best_epoch": state.best_epoch, **metrics})  # fmt: skip
@@ -415,12 +412,18 @@ def _export_epoch(run_dir: Path, model, ema, is_best: bool, meta: dict[str, Any]
         ckpt.export_weights(weights, run_dir / "export", name, {**meta, "metrics": metrics})
 
 
-def _wandb_tracker(cfg: DictConfig, run_dir: Path):
+def _wandb_tracker(cfg: DictConfig, run_dir: Path, resume_step: int):
     from core.tracking import WandbTracker
 
     tr = cfg.tracking
     return WandbTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), tr.project, tr.entity, tr.group,  # type: ignore[arg-type]
-                        tr.name, tr.job_type, list(tr.tags), tr.run_id)  # fmt: skip
+                        tr.name, tr.job_type, list(tr.tags), tr.run_id, resume_step)  # fmt: skip
+
+
+def set_aside(checkpoints: list[Path]) -> None:
+    """Newer checkpoints than the one resumed (e.g. a damaged one) are renamed out of the way, not deleted."""
+    for path in checkpoints:
+        path.rename(path.with_name(f"set_aside_{path.name}"))
 
 
 @torch.no_grad()

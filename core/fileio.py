@@ -21,8 +21,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a shared cluster needs the usual permissions
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp (and safetensors) make 0600; a shared cluster needs the usual ones
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -50,13 +50,15 @@ def truncate_after(path: str | Path, global_step: int) -> None:
 class WandbTracker:
     """One W&B run per training run, from the main process only.
 
-    The run id is deterministic (tracking.run_id, else a hash of the run dir) and opened with resume="allow", so
-    a requeued or resumed run continues its W&B run instead of creating a duplicate. Files go under the run dir;
-    WANDB_MODE=offline (the default on compute nodes) writes them locally for a later `ftl sync`.
+    The run id is deterministic (tracking.run_id, else a hash of the run dir), so a requeued or resumed run
+    continues its W&B run instead of creating a duplicate: from the start it is opened with resume="allow"; from a
+    checkpoint, with `resume_from=<id>?_step=<checkpoint step>`, W&B's rewind, so the history logged after the
+    checkpoint (and logged again now) is dropped rather than doubled. Files go under the run dir; WANDB_MODE=offline
+    (the default on compute nodes) writes them locally for a later `ftl sync`.
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], project: str, entity: str | None, group: str | None,
-                 name: str | None, job_type: str, tags: list[str], run_id: str | None):  # fmt: skip
+                 name: str | None, job_type: str, tags: list[str], run_id: str | None, resume_step: int = 0):  # fmt: skip
         import hashlib
         import os
 
@@ -71,9 +73,10 @@ class WandbTracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         run_id = run_id or hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
         self.wandb = wandb
+        where = {"resume_from": f"{run_id}?_step={resume_step}"} if resume_step else {"resume": "allow"}
         self.run = wandb.init(project=project, entity=entity, group=group, name=name or Path(run_dir).name,
-                              job_type=job_type, tags=list(tags), config=config, id=run_id, resume="allow",
-                              dir=str(run_dir), settings=wandb.Settings(console="off"))  # fmt: skip
+                              job_type=job_type, tags=list(tags), config=config, id=run_id, dir=str(run_dir),
+                              settings=wandb.Settings(console="off"), **where)  # fmt: skip
 
     def log(self, record: dict[str, Any], step: int) -> None:
         self.run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)

@@ -14,42 +14,53 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 
 class FineTuneJob:
-    def __init__(self, recipe: str, overrides: list[str], run_dir: str | None = None,
-                 early_stop: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(self, recipe: str | None, overrides: list[str], run_dir: str | None = None,
+                 early_stop: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                 stop_signals: tuple[int, ...] = (signal.SIGUSR2,), resume_existing: bool = True):  # fmt: skip
         self.recipe = recipe
         self.overrides = list(overrides)
         self.run_dir = run_dir
         self.early_stop = early_stop  # {storage, study, metric, mode, min_epochs, reduction_factor}
+        self.config = config  # a resolved config (`ftl train resume=DIR`), instead of recipe + overrides
+        self.stop_signals = stop_signals  # each asks for a checkpoint and a clean stop; SIGINT twice stops at once
+        self.resume_existing = resume_existing  # a run already in run_dir is continued (a requeued trial)
         self._stop = False
 
     def __call__(self) -> dict[str, Any]:
         from core import config as config_lib
         from core import engine
+        from core.run_dir import holds_run
 
         under_submitit = "SUBMITIT_EXECUTOR" in os.environ
         if under_submitit:
             _export_distributed_env()
             print(f"ftl: task {os.environ.get('RANK', '0')}/{os.environ.get('WORLD_SIZE', '1')} on node "
                   f"{os.environ.get('SLURMD_NODENAME', '?')}, job {os.environ.get('SLURM_JOB_ID')}", flush=True)
-        cfg = config_lib.load(self.recipe, self.overrides)
-        if self.run_dir and (Path(self.run_dir) / "checkpoints" / "latest.json").is_file():
+        if self.config is not None:
+            cfg = config_lib.build([self.config], source="config")
+        else:
+            cfg = config_lib.load(self.recipe, self.overrides)  # type: ignore[arg-type]
+        if self.resume_existing and self.run_dir and holds_run(Path(self.run_dir)):
             cfg.resume = self.run_dir  # a requeued or resumed job continues where the last one stopped
         reporter = None
         if self.early_stop and os.environ.get("RANK", "0") == "0":
             from jobs.early_stop import AshaReporter
 
             reporter = AshaReporter(run_dir=self.run_dir, **self.early_stop)
-        previous = signal.signal(signal.SIGUSR2, self._request_stop)
+        handlers = {sig: signal.signal(sig, self._request_stop) for sig in self.stop_signals}
         try:
             result = engine.fit(cfg, self.run_dir, should_stop=lambda: self._stop, on_epoch_end=reporter)
         finally:
-            signal.signal(signal.SIGUSR2, previous)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        previous = handlers.get(signal.SIGUSR2)
         if reporter is not None:
             reporter.finish(result)
         if result["status"] == "interrupted" and callable(previous):
@@ -58,6 +69,11 @@ class FineTuneJob:
         return result
 
     def _request_stop(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self._stop:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
+        if signum == signal.SIGINT:
+            print("\nftl: Ctrl-C: saving a checkpoint at the next update, then stopping (Ctrl-C again: stop now)",
+                  file=sys.stderr, flush=True)  # fmt: skip
         self._stop = True
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -65,7 +81,7 @@ class FineTuneJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(
-            FineTuneJob(self.recipe, self.overrides, self.run_dir, self.early_stop)
+            FineTuneJob(self.recipe, self.overrides, self.run_dir, self.early_stop, self.config)
         )
 
 

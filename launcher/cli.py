@@ -14,13 +14,28 @@ from pathlib import Path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
     from core import config
+    from core.errors import FtlError
+    from core.run_dir import resume_config
     from jobs.finetune import FineTuneJob
 
-    config.load(args.recipe, args.overrides)  # validate before anything else
-    result = FineTuneJob(args.recipe, args.overrides, args.run_dir)()
+    recipe, overrides = split_recipe(args.overrides)
+    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    if resume:  # the run's own config, checked against what is asked now
+        cfg = resume_config(resume, recipe, overrides, args.force)
+    elif recipe is None:
+        raise FtlError("give a recipe (`ftl train fine_tune ...`), or resume=RUN_DIR to continue a run")
+    else:
+        cfg = config.load(recipe, overrides)  # validate before anything else
+    job = FineTuneJob(None, [], args.run_dir, config=config.to_dict(cfg), stop_signals=(signal.SIGUSR2, signal.SIGINT),
+                      resume_existing=False)  # fmt: skip
+    result = job()
     if result["status"] != "completed":
         print(f"ftl: run {result['status']} at step {result['global_step']}: {result['run_dir']}")
+        if result["status"] == "interrupted":
+            print(f"ftl: continue it with: ftl train resume={result['run_dir']}")
         return 1
     rank = os.environ.get("RANK")
     prefix = f"ftl: rank {rank}: " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "ftl: "
@@ -30,6 +45,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"{prefix}run dir {result['run_dir']}")
     return 0
+
+
+def split_recipe(words: list[str]) -> tuple[str | None, list[str]]:
+    """[RECIPE] key=value ... -> (recipe or None, overrides)."""
+    if words and "=" not in words[0]:
+        return words[0], list(words[1:])
+    return None, list(words)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -216,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    train = verbs.add_parser("train", help="fine-tune a model from a recipe")
-    train.add_argument("recipe", help="recipe name (jobs/recipes/NAME.yaml) or path to a YAML file")
-    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 resume=RUN_DIR")
+    train = verbs.add_parser("train", help="fine-tune a model from a recipe, or continue a run (resume=RUN_DIR)")
+    train.add_argument("overrides", nargs="*", metavar="[RECIPE] KEY=VALUE",
+                       help="recipe name (jobs/recipes/NAME.yaml) or YAML path, then overrides, e.g. optim.lr=1e-3; "
+                            "resume=RUN_DIR continues a run with its own config")  # fmt: skip
     train.add_argument("--run-dir", help="where the run lives (default: train.output_dir/<name>-<time>)")
+    train.add_argument("--force", action="store_true", help="resume even if the overrides change what the run is")
     train.set_defaults(func=cmd_train)
 
     lr = verbs.add_parser("lr-find", help="LR range test: suggestions, plot and JSON")

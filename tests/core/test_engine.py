@@ -106,5 +106,5 @@ def test_grad_accumulation_clipping_and_bf16_run(lfw, tmp_path):
 
 def test_resume_without_checkpoint_is_an_error(lfw, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FtlError, match="no checkpoint in"):
+    with pytest.raises(FtlError, match="holds no run"):
         engine.fit(config.load("base", lfw_overrides(lfw, resume=tmp_path / "empty")))
