@@ -161,37 +161,6 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# Keys whose value must be one of a few words.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.head": ("linear", "mlp"),
-    "data.loader": ("torch", "ffcv", "auto"),
-    "data.ffcv_decoder": ("ftl", "stock"),
-    "data.ffcv_order": ("random", "quasi-random"),
-    "schedule.name": ("onecycle", "cosine", "constant"),
-    "train.precision": ("no", "bf16", "fp16"),
-    "finetune.strategy": ("full", "linear-probe", "freeze-then-unfreeze", "gradual"),
-    "lr_find.suggestion": ("valley", "minimum", "steepest"),
-    "augment.erasing_mode": ("random", "const"),
-}
-# Keys whose value must lie in a closed range [lo, hi].
-RANGES: dict[str, tuple[float, float]] = {
-    "data.val_split": (0.0, 0.9),
-    "data.crop_pct": (0.1, 1.0),
-    "augment.hflip": (0.0, 1.0),
-    "augment.vflip": (0.0, 1.0),
-    "augment.label_smoothing": (0.0, 0.99),
-    "augment.grayscale": (0.0, 1.0),
-    "augment.random_erasing": (0.0, 1.0),
-    "augment.mix_prob": (0.0, 1.0),
-    "augment.switch_prob": (0.0, 1.0),
-    "augment.hue": (0.0, 0.5),
-    "augment.translate": (0.0, 1.0),
-    "train.ema_decay": (0.0, 1.0),
-    "schedule.pct_start": (0.0, 1.0),
-}
-POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every")
-
-
 @functools.cache
 def schema_keys(node: Any = Config, prefix: str = "") -> list[str]:
     """All dotted leaf keys of the schema, e.g. 'model.name'."""
@@ -240,14 +209,17 @@ def resolve_recipe(recipe: str | Path) -> Path:
 
 
 class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 numbers: `1:00:00` stays a string (YAML 1.1 reads it as the base-60
-    number 3600, so a SLURM time limit would become 60 hours) and `1e3` is a float (1.1 wants `1e+3`)."""
+    """PyYAML's safe loader with YAML 1.2's core scalars: `1:00:00` stays a string (YAML 1.1 reads it as the
+    base-60 number 3600, so a SLURM time limit would become 60 hours), `1e3` is a float (1.1 wants `1e+3`), only
+    true/false are booleans (not yes/no/on/off) and dates stay text."""
 
 
 YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":int", ":float"))]
+    first: [(tag, rx) for tag, rx in resolvers if not tag.endswith((":int", ":float", ":bool", ":timestamp"))]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))  # fmt: skip
 YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
     list("-+0123456789"))  # fmt: skip
@@ -287,15 +259,33 @@ def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Hydra-style `a.b=value` strings -> a nested dict (values parsed as YAML: 3, 1e-3, [1,2], null)."""
+    parsed: dict[str, Any] = {}
     for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise FtlError(f"override '{item}' is not of the form key=value (e.g. optim.lr=1e-3)")
+        key, value = parse_override(item)
+        *parents, leaf = key.split(".")
+        node = parsed
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FtlError(f"override '{item}': {part} is set both as a value and as a section")
+        node[leaf] = value
+    _check_keys(parsed, "override")
+    return parsed
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_override(item: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001): the value read as YAML (a flow list, null, a number), else text."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise FtlError(f"override '{item}' is not of the form key=value (e.g. optim.lr=1e-3)")
     try:
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise FtlError(f"overrides: {str(e).splitlines()[0]}") from None
-    _check_keys(parsed, "override")  # type: ignore[arg-type]
-    return parsed  # type: ignore[return-value]
+        value = yaml.load(text, Loader=YamlLoader) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML: the text itself (a path with odd characters, say)
+    if isinstance(value, dict):
+        raise FtlError(f"override '{item}': set the keys one by one ({key.strip()}.KEY=VALUE), not a mapping")
+    return key.strip(), value
 
 
 def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig | None = None,
@@ -315,59 +305,15 @@ def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig
 
 
 def validate(cfg: DictConfig, source: str = "config") -> None:
-    """Check required keys, choices and ranges; raise one FtlError listing every problem."""
-    problems = []
-    for key in OmegaConf.missing_keys(cfg):
-        problems.append(f"{key} is required (set it in the recipe or as {key}=...)")
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            problems.append(f"{key}={value!r} is not one of: {', '.join(allowed)}")
-    for key, (lo, hi) in RANGES.items():
-        value = OmegaConf.select(cfg, key)
-        if not lo <= value <= hi:
-            problems.append(f"{key}={value!r} must be between {lo} and {hi}")
-    for key in POSITIVE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value <= 0:
-            problems.append(f"{key}={value!r} must be > 0")
-    scale = list(cfg.augment.scale)
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        problems.append(f"augment.scale={scale} must be [min, max] with 0 < min <= max <= 1")
-    problems += _check_lr(cfg.optim.lr) + _check_image_size(cfg.data.image_size)
-    problems += torch_only_augment(cfg.augment) if cfg.data.loader == "ffcv" else []
-    if cfg.optim.lr_spread < 1:
-        problems.append(f"optim.lr_spread={cfg.optim.lr_spread} must be >= 1 (the stem gets lr / lr_spread)")
+    """Every rule of core/checks.py (values, rules between keys, names): one FtlError listing every problem."""
+    from core import checks
+
+    values = to_dict(cfg)
+    problems = [f"{key} is required (set it in the recipe or as {key}=...)" for key in OmegaConf.missing_keys(cfg)]
+    problems += [p for p in checks.problems(values) if not (problems and p.startswith("data.train_dir is required"))]
+    problems += checks.name_problems(values)
     if problems:
         raise FtlError(f"{source}: " + "; ".join(problems))
-
-
-TORCH_ONLY_AUGMENT = ("policy", "hue")  # the FFCV path's device augmentation has no policies and no hue shift
-
-
-def torch_only_augment(aug: Any) -> list[str]:
-    """A problem line for each augment key set that only the torch path implements."""
-    return [f"augment.{k}={getattr(aug, k)!r} runs only on the torch path: set data.loader=torch or drop it"
-            for k in TORCH_ONLY_AUGMENT if getattr(aug, k)]  # fmt: skip
-
-
-def _check_lr(lr: Any) -> list[str]:
-    if lr == "auto" or (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
-        return []
-    if isinstance(lr, (list, ListConfig)) and len(lr) == 2 and all(isinstance(x, (int, float)) for x in lr):
-        if 0 < lr[0] <= lr[1]:
-            return []
-    return [f"optim.lr={lr!r} must be a number > 0, [low, high] with 0 < low <= high, or auto"]
-
-
-def _check_image_size(size: Any) -> list[str]:
-    from core.data.resize import image_size_at
-
-    try:
-        image_size_at(size, 0)
-        return []
-    except ValueError as e:
-        return [f"data.image_size={size!r}: {e}"]
 
 
 def lr_plan(cfg: DictConfig) -> tuple[float | None, float]:

@@ -16,10 +16,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from core.errors import FtlError
+
+if TYPE_CHECKING:  # torch is imported where weights are read: the tags and suffixes here are read without it
+    import torch
+    from torch import nn
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -74,6 +77,8 @@ def offline_weight_file(entry: ZooEntry) -> Path:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a .safetensors or torch checkpoint file; unwraps {'state_dict': ...} / {'model': ...} and 'module.'."""
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -86,10 +86,13 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
     try:
         with mf.locked(sweep_dir) as man:
             note = executor.submit(man, list(man.trials.values()))
-    except FtlError:
-        if not any(t.job_ids for t in mf.read(sweep_dir).trials.values()):
+    except FtlError as e:
+        queued = sum(bool(t.job_ids) for t in mf.read(sweep_dir).trials.values())
+        if not queued:
             shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing was queued: leave nothing behind
-        raise
+            raise
+        raise FtlError(f"{e}; {queued} of {len(man.trials)} trials were queued and are recorded in {sweep_dir}: "
+                       f"fix the cause, then `ftl resume {sweep_dir}` queues the rest") from None  # fmt: skip
     return sweep_dir, man, note
 
 

@@ -52,6 +52,28 @@ def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
                      str(sweep_dir / record.run_dir), man.early_stop, record.attempt)  # fmt: skip
 
 
+CLIENT_VARS = ("SLURM_CONF",)  # the SLURM client's own configuration, not the state of an enclosing job
+
+
+@contextlib.contextmanager
+def submission_env(extra: dict[str, str]) -> Iterator[None]:
+    """This environment without an enclosing job's variables (submitit's `helpers.clean_env`: SLURM_*, SBATCH_*,
+    SUBMITIT_*, RANK, WORLD_SIZE, MASTER_ADDR, ...), SLURM_CONF kept, `extra` (the cluster's secrets) added."""
+    import os
+
+    from submitit.helpers import clean_env
+
+    keep = {k: os.environ[k] for k in CLIENT_VARS if k in os.environ}
+    with clean_env():
+        saved = dict(os.environ)
+        os.environ.update({**keep, **extra})
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
@@ -112,7 +134,7 @@ class Executor(ABC):
             batch = records[start : start + size]
             if len(batch) > budget:
                 for record in records[start:]:
-                    man.update(record, state="HELD")
+                    man.update(record, state="DEFERRED")
                 note = f"{len(records) - start} trials held back: {why}; run `ftl resume {self.sweep_dir}` later"
                 break
             self._submit_one(man, batch)

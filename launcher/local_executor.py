@@ -20,7 +20,7 @@ from pathlib import Path
 
 from launcher import manifest as mf
 from launcher.clusters import job_environment
-from launcher.executors import Executor, TrialSpec
+from launcher.executors import Executor, TrialSpec, submission_env
 
 QUEUE = "local_queue.log"
 RUNNER_LOCK = ".local_runner.lock"
@@ -133,11 +133,9 @@ class LocalExecutor(Executor):
 
 def start_runner(sweep_dir: Path, max_parallel: int, env: tuple[dict[str, str], dict[str, str]]) -> None:
     """A detached runner (its own session: a Ctrl-C of this command does not reach it)."""
-    from submitit.helpers import clean_env
-
     public, secret = env
-    with clean_env():  # an enclosing job's SLURM_*, SUBMITIT_*, RANK, MASTER_ADDR ... stay out
-        child_env = {**os.environ, **public, **secret}
+    with submission_env(secret):  # an enclosing job's SLURM_*, SUBMITIT_*, RANK, MASTER_ADDR ... stay out
+        child_env = {**os.environ, **public}
     with open(sweep_dir / "logs" / "local_runner.log", "a") as log:  # the child keeps its own copy
         subprocess.Popen([sys.executable, "-m", "launcher.local_runner", str(sweep_dir.resolve()), str(max_parallel)],
                          stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=child_env)  # fmt: skip

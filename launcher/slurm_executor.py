@@ -17,7 +17,7 @@ import subprocess
 from core.errors import FtlError
 from launcher import manifest as mf
 from launcher.clusters import job_environment, tasks_per_node
-from launcher.executors import Executor, TrialSpec
+from launcher.executors import Executor, TrialSpec, submission_env
 
 
 def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -98,17 +98,11 @@ class SlurmExecutor(Executor):
 
         executor = self._submitit(len(specs), job_name)
         _, secret = job_environment(self.cluster)
-        saved = dict(os.environ)
-        os.environ.update(secret)
         try:
-            with submitit.helpers.clean_env():  # an enclosing job's SLURM_*, SUBMITIT_*, RANK, MASTER_ADDR ...
-                with executor.batch():
-                    jobs = [executor.submit(FineTuneJob(s.recipe, s.overrides, s.run_dir, s.early_stop)) for s in specs]
+            with submission_env(secret), executor.batch():  # secrets reach the job through sbatch's --export=ALL
+                jobs = [executor.submit(FineTuneJob(s.recipe, s.overrides, s.run_dir, s.early_stop)) for s in specs]
         except submitit.core.utils.FailedJobError as e:  # sbatch refused: SLURM's own words
             raise FtlError(f"sbatch failed: {slurm_message(e)}") from None
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
         return [job.job_id for job in jobs]
 
     def find_jobs(self, man: mf.Manifest, tokens: set[str]) -> dict[str, dict[int, str]]:
@@ -142,8 +136,11 @@ class SlurmExecutor(Executor):
                 raise FtlError(f"sacct failed: {proc.stderr.strip()} (is slurmdbd up?)")
             _read_states(proc.stdout, found)
         missing = [j for j in job_ids if j not in found]
-        if missing:  # purged from accounting, or accounting behind: ask the controller
-            _read_states(_run(["squeue", "-h", "-r", "-o", "%i|%T", "-u", str(os.getuid())]).stdout, found)
+        if missing or any(s.startswith("PENDING") for s in found.values()):
+            # the controller knows what accounting does not: jobs purged from it (or not yet in it), and holds
+            queue = _run(["squeue", "-h", "-o", "%i|%T|%r", "-u", str(os.getuid())]).stdout
+            _read_states(queue, found, only=set(missing))
+            _read_holds(queue, found)
         return {j: found.get(j, "UNKNOWN") for j in job_ids}
 
     def cancel(self, job_ids: list[str]) -> None:
@@ -151,13 +148,28 @@ class SlurmExecutor(Executor):
             _run(["scancel", *job_ids[start : start + 1000]])
 
 
-def _read_states(text: str, found: dict[str, str]) -> None:
+def _read_states(text: str, found: dict[str, str], only: set[str] | None = None) -> None:
     for line in text.splitlines():
-        job, _, state = line.partition("|")
+        job, state = (line.split("|") + ["", ""])[:2]
         if not job.strip() or "." in job:
             continue
         for task in expand_job_ids(job.strip()):  # pending tasks come folded: 17_[0-5,7%2]
-            found[task] = state.strip()
+            if only is None or task in only:
+                found[task] = state.strip()
+
+
+HOLD_REASONS = {"JobHeldUser": "HELD", "JobHeldAdmin": "HELD", "job requeued in held state": "REQUEUE_HOLD"}
+
+
+def _read_holds(queue: str, found: dict[str, str]) -> None:
+    """A pending job held by a user, an admin or a requeue-hold will not start by itself: state it so."""
+    for line in queue.splitlines():
+        job, state, reason = (line.split("|") + ["", "", ""])[:3]
+        held = HOLD_REASONS.get(reason.strip().strip("()"))
+        if held and state.strip() == "PENDING":
+            for task in expand_job_ids(job.strip()):
+                if task in found:
+                    found[task] = held
 
 
 def slurm_message(error: Exception) -> str:

@@ -4,13 +4,16 @@ A trial's job is in one of five phases:
 
     pending   queued, will start by itself                        PENDING, REQUEUED, REQUEUE_FED, ...
     live      running (or about to, or finishing)                 RUNNING, COMPLETING, SUSPENDED, ...
-    held      will not move until someone acts (a hold, a          REQUEUE_HOLD, SPECIAL_EXIT, RESV_DEL_HOLD
+    held      will not move until someone acts (a hold, a          HELD, REQUEUE_HOLD, SPECIAL_EXIT, ...
               special exit): `ftl resume` cancels and resubmits
     final     ended; COMPLETED with a result is success            COMPLETED, FAILED, CANCELLED, TIMEOUT,
               (PRUNED: stopped early by ftl), the rest resumable   PREEMPTED, REVOKED, NODE_FAIL, LOST, ...
     unknown   nobody reports the job (accounting lag or purge)    UNKNOWN
 
-and a trial with no job is `unsubmitted`: NEW (never submitted), HELD (held back by MaxJobCount) or SUBMITTING (an
+sacct and squeue report a held job as PENDING; its reason (JobHeldUser, JobHeldAdmin, "job requeued in held
+state") says it is held, and the SLURM executor turns that into HELD or REQUEUE_HOLD.
+
+A trial with no job is `unsubmitted`: NEW (never submitted), DEFERRED (held back by MaxJobCount) or SUBMITTING (an
 intent was written and the submission did not finish: `ftl resume` adopts or cancels what was queued).
 
 sacct reports states with suffixes ("CANCELLED by 0") and an unknown state may appear in a newer SLURM: `phase`
@@ -22,14 +25,14 @@ from __future__ import annotations
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "POWER_UP_NODE"})
 LIVE_STATES = frozenset({"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED",
                          "UPDATE_DB"})  # fmt: skip
-HELD_STATES = frozenset({"REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
+HELD_STATES = frozenset({"HELD", "REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                           "DEADLINE", "PREEMPTED", "REVOKED",
                           "PRUNED",  # ftl: stopped early by the sweep's early_stop
                           "LOST"})  # ftl: the job vanished (purged from accounting, runner died) without a result  # fmt: skip
 SUCCESS_STATES = frozenset({"COMPLETED", "PRUNED"})
 
-UNSUBMITTED_STATES = frozenset({"NEW", "HELD", "SUBMITTING"})
+UNSUBMITTED_STATES = frozenset({"NEW", "DEFERRED", "SUBMITTING"})
 
 PHASES = ("unsubmitted", "pending", "live", "held", "final", "unknown")
 

@@ -39,3 +39,31 @@ def run_ftl(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     ftl = Path(sys.executable).parent / "ftl"
     return subprocess.run([str(ftl), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=REPO)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """Start (or reuse) the local SLURM cluster (scripts/slurm/cluster.sh); skip only where it cannot run at all."""
+    import shutil
+
+    if os.geteuid() != 0 and not shutil.which("slurmctld"):
+        pytest.skip("starting the local SLURM cluster needs root (or slurm-wlm installed)")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "cluster.sh"), "start"], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("export SLURM_CONF="))
+    os.environ["SLURM_CONF"] = conf
+    return conf
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    """Poll predicate() until it returns something true; AssertionError naming `what` after timeout seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

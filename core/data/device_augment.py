@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from core.config import AugmentConfig, torch_only_augment
+from core.checks import TORCH_ONLY_AUGMENT
+from core.config import AugmentConfig
 from core.errors import FtlError
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -29,8 +30,10 @@ class DeviceAugment:
 
     def __init__(self, aug: AugmentConfig, mean: Sequence[float], std: Sequence[float], seed: int, train: bool,
                  channels_last: bool = False, planar: bool = False):  # fmt: skip
-        if train and (problems := torch_only_augment(aug)):  # `auto` chose FFCV after the config was validated
-            raise FtlError(problems[0])
+        used = [k for k in TORCH_ONLY_AUGMENT if getattr(aug, k)]
+        if train and used:  # `auto` chose FFCV after the config was validated
+            raise FtlError(f"augment.{used[0]}={getattr(aug, used[0])!r} runs only on the torch path: set "
+                           "data.loader=torch or drop it")  # fmt: skip
         self.aug, self.train, self.seed, self.channels_last, self.planar = aug, train, seed, channels_last, planar
         self.scale = 1 / (torch.tensor(std).view(1, 3, 1, 1) * 255)
         self.shift = -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1)  # moved on first use

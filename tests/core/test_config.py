@@ -10,12 +10,12 @@ def test_every_shipped_recipe_validates():
     names = sorted(p.stem for p in config.RECIPES_DIR.glob("*.yaml"))
     assert "demo" in names and "base" in names
     for name in names:
-        cfg = config.load(name, ["data.train_dir=/x"])
+        cfg = config.load(name, ["data.train_dir=/tmp"])
         assert cfg.model.name
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = config.load("base", ["data.train_dir=/d", "optim.lr=3e-4", "augment.scale=[0.5,1.0]", "train.epochs=7"])
+    cfg = config.load("base", ["data.train_dir=/tmp", "optim.lr=3e-4", "augment.scale=[0.5,1.0]", "train.epochs=7"])
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.train.epochs == 7 and list(cfg.augment.scale) == [0.5, 1.0]
 
 
@@ -40,12 +40,12 @@ def test_unknown_key_in_recipe_names_file(tmp_path):
 
 def test_bad_type_names_key_and_value():
     with pytest.raises(FtlError, match=r"train.epochs.*abc"):
-        config.load("base", ["data.train_dir=/d", "train.epochs=abc"])
+        config.load("base", ["data.train_dir=/tmp", "train.epochs=abc"])
 
 
 def test_bad_choice_lists_allowed():
     with pytest.raises(FtlError, match=r"train.precision='fp8' is not one of: no, bf16, fp16"):
-        config.load("base", ["data.train_dir=/d", "train.precision=fp8"])
+        config.load("base", ["data.train_dir=/tmp", "train.precision=fp8"])
 
 
 def test_missing_required_and_ranges_reported_together():

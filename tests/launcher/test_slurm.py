@@ -1,10 +1,7 @@
 """Integration tests against a real single-host SLURM cluster (scripts/slurm/cluster.sh: slurmctld, slurmdbd with
 MariaDB, two slurmd daemons n1 and n2): arrays, a 2-node trial, preemption with exact resume, cancel + resume."""
 
-import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,22 +10,10 @@ import yaml
 from safetensors.torch import load_file
 
 from launcher import manifest as mf
-from tests.conftest import REPO, run_ftl
+from tests.conftest import REPO, run_ftl, wait_for
+from tests.launcher.test_local_sweep import broken_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    """Start (or reuse) the local cluster; skip only where it cannot run at all (not root, no apt)."""
-    if os.geteuid() != 0 and not shutil.which("slurmctld"):
-        pytest.skip("starting the local SLURM cluster needs root (or slurm-wlm installed)")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm" / "cluster.sh"), "start"], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("export SLURM_CONF="))
-    os.environ["SLURM_CONF"] = conf
-    return conf
 
 
 def write_sweep(tmp_path, lfw, name="s", epochs=1, extra=(), **spec) -> Path:
@@ -46,18 +31,8 @@ def write_cluster(tmp_path, **kw) -> Path:
     return path
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_array_of_ten_trials_with_a_failing_one(slurm, lfw, tmp_path):
-    train_dirs = [f"{lfw}/train"] * 9 + [f"{tmp_path}/missing"]
+    train_dirs = [f"{lfw}/train"] * 9 + [str(broken_images(tmp_path))]
     path = write_sweep(tmp_path, lfw, zip={"data.train_dir": train_dirs, "optim.lr": [1e-4 * (i + 1) for i in range(10)]})
     out = tmp_path / "sw"
     proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path), "--out", out)
@@ -66,7 +41,7 @@ def test_array_of_ten_trials_with_a_failing_one(slurm, lfw, tmp_path):
     arrays = {t.job_id.split("_")[0] for t in man.trials.values()}
     assert len(arrays) == 1 and len(man.trials) == 10  # one job array for the sweep
     done = run_ftl("wait", out, "--poll", "2", timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1 and "1 of 10 trials did not complete" in done.stdout, done.stdout + done.stderr
     states = sorted(t.state for t in mf.read(out).trials.values())
     assert states == ["COMPLETED"] * 9 + ["FAILED"]
     status = run_ftl("status", out)
@@ -99,7 +74,7 @@ def test_preempted_trial_requeues_and_resumes_exactly(slurm, lfw, tmp_path):
     victim = next(t for t in man.trials.values() if t.overrides == ["name=interrupted"])
     reference = next(t for t in man.trials.values() if t.overrides == ["name=reference"])
     run_dir = out / victim.run_dir
-    wait_for(lambda: (run_dir / "checkpoints" / "latest.json").is_file(), 300, "the first checkpoint")
+    wait_for(lambda: list((run_dir / "checkpoints").glob("step_*/trainer.json")), 300, "the first checkpoint")
     subprocess.run(["scancel", "--signal=USR2", victim.job_id], check=True)
     assert run_ftl("wait", out, "--poll", "2", timeout=900).returncode == 0
     man = mf.read(out)
@@ -119,7 +94,7 @@ def test_resume_after_cancel(slurm, lfw, tmp_path):
                        grid={"optim.lr": [1e-3, 2e-3]})  # fmt: skip
     out = tmp_path / "sw"
     assert run_ftl("sweep", path, "--cluster", write_cluster(tmp_path), "--out", out).returncode == 0
-    wait_for(lambda: list((out / "trials").glob("*/checkpoints/latest.json")), 300, "a checkpoint")
+    wait_for(lambda: list((out / "trials").glob("*/checkpoints/step_*/trainer.json")), 300, "a checkpoint")
     assert "cancelled 2" in run_ftl("cancel", out).stdout
     wait_for(lambda: "2 cancelled" in run_ftl("status", out).stdout, 60, "sacct to show CANCELLED")
     resumed = run_ftl("resume", out)
@@ -153,6 +128,6 @@ def test_sweep_over_max_array_size_is_split(slurm, lfw, tmp_path):
         for t in man.trials.values():
             arrays[t.job_id.split("_")[0]] = arrays.get(t.job_id.split("_")[0], 0) + 1
         assert sorted(arrays.values()) == [99, 1001]
-        assert "1100 pending" in run_ftl("status", out, "--limit", "0").stdout
+        assert "1100 held" in run_ftl("status", out, "--limit", "0").stdout  # queued with --hold: held by SLURM
     finally:
         assert "cancelled 1100" in run_ftl("cancel", out).stdout

@@ -11,7 +11,7 @@ from launcher.sweep import load_sweep
 
 def write(tmp_path, spec: dict, name="s.yaml"):
     path = tmp_path / name
-    path.write_text(yaml.safe_dump({"recipe": "base", "overrides": ["data.train_dir=/d"], **spec}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"recipe": "base", "overrides": ["data.train_dir=/tmp"], **spec}, sort_keys=False))
     return path
 
 

@@ -1,0 +1,285 @@
+"""Every rule a config must satisfy, on plain data: types (as OmegaConf reads them), required keys, choices,
+ranges, rules between keys, and names (timm models, optimizers, activations, pretrained weights, data paths).
+
+Plain dicts, not OmegaConf objects, so a sweep checks each of 10,000 trials' full configs in about a second
+(`launcher/sweep.py`); `core.config.validate` runs the same rules on a single config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from pathlib import Path
+from typing import Any
+
+from omegaconf import nodes
+from omegaconf.errors import OmegaConfBaseException
+
+# Keys whose value must be one of a few words.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.head": ("linear", "mlp"),
+    "data.loader": ("torch", "ffcv", "auto"),
+    "data.ffcv_decoder": ("ftl", "stock"),
+    "data.ffcv_order": ("random", "quasi-random"),
+    "schedule.name": ("onecycle", "cosine", "constant"),
+    "train.precision": ("no", "bf16", "fp16"),
+    "finetune.strategy": ("full", "linear-probe", "freeze-then-unfreeze", "gradual"),
+    "lr_find.suggestion": ("valley", "minimum", "steepest"),
+    "augment.erasing_mode": ("random", "const"),
+}
+# Keys whose value must lie in a closed range [lo, hi].
+RANGES: dict[str, tuple[float, float]] = {
+    "data.val_split": (0.0, 0.9),
+    "data.crop_pct": (0.1, 1.0),
+    "augment.hflip": (0.0, 1.0),
+    "augment.vflip": (0.0, 1.0),
+    "augment.label_smoothing": (0.0, 0.99),
+    "augment.grayscale": (0.0, 1.0),
+    "augment.random_erasing": (0.0, 1.0),
+    "augment.mix_prob": (0.0, 1.0),
+    "augment.switch_prob": (0.0, 1.0),
+    "augment.hue": (0.0, 0.5),
+    "augment.translate": (0.0, 1.0),
+    "train.ema_decay": (0.0, 1.0),
+    "schedule.pct_start": (0.0, 1.0),
+    "model.head_dropout": (0.0, 0.99),
+    "model.drop_path_rate": (0.0, 0.99),
+    "optim.momentum": (0.0, 1.0),
+}
+POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every",
+            "train.keep_checkpoints", "train.log_every_steps", "model.head_hidden", "data.eval_batch_size",
+            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.end_lr")  # fmt: skip
+NON_NEGATIVE = ("train.seed", "data.num_workers", "finetune.freeze_epochs", "schedule.warmup_epochs", "schedule.min_lr",
+                "optim.weight_decay", "augment.rotate", "augment.shear", "augment.color_jitter", "augment.brightness",
+                "augment.contrast", "augment.saturation", "augment.channel_shift", "augment.mixup", "augment.cutmix",
+                "train.checkpoint_every_steps", "tracking.log_samples")  # fmt: skip
+TORCH_ONLY_AUGMENT = ("policy", "hue")  # the FFCV path's device augmentation has no policies and no hue shift
+METRICS = ("val_top1", "val_top5", "val_loss", "train_loss")  # what every run logs per epoch
+
+
+def get(cfg: dict[str, Any], key: str) -> Any:
+    section, _, leaf = key.partition(".")
+    return cfg.get(section, {}).get(leaf) if leaf else cfg.get(section)
+
+
+# ---------------------------------------------------------------- types
+
+
+@functools.cache
+def schema_types() -> dict[str, Any]:
+    """Dotted key -> its annotated type, from the dataclass schema in core/config.py."""
+    from core.config import Config
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+        if dataclasses.is_dataclass(sub):
+            for k, t in typing.get_type_hints(type(sub)).items():
+                out[f"{f.name}.{k}"] = t
+        else:
+            out[f.name] = typing.get_type_hints(Config)[f.name]
+    return out
+
+
+_NODES = {int: nodes.IntegerNode, float: nodes.FloatNode, bool: nodes.BooleanNode, str: nodes.StringNode}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """The value as the schema's type for key (OmegaConf's conversions: 1 -> 1.0, 'true' -> True); ValueError."""
+    return _coerce(schema_types()[key], value)
+
+
+def _coerce(kind: Any, value: Any) -> Any:
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    if optional:
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if kind is Any:
+        return value
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [_coerce(typing.get_args(kind)[0], v) for v in value]
+    try:
+        return _NODES[kind](value=value, is_optional=optional)._value()
+    except OmegaConfBaseException as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+
+
+# ---------------------------------------------------------------- values and rules between keys
+
+
+def problems(cfg: dict[str, Any]) -> list[str]:
+    """Every value and cross-key rule a config breaks, one line each (empty: valid)."""
+    from core.data.resize import image_size_at
+
+    out = []
+    if get(cfg, "data.train_dir") in (None, "???", ""):
+        out.append("data.train_dir is required (set it in the recipe or as data.train_dir=...)")
+    for key, allowed in CHOICES.items():
+        if get(cfg, key) not in allowed:
+            out.append(f"{key}={get(cfg, key)!r} is not one of: {', '.join(allowed)}")
+    for key, (lo, hi) in RANGES.items():
+        value = get(cfg, key)
+        if not _number(value) or not lo <= value <= hi:
+            out.append(f"{key}={value!r} must be between {lo} and {hi}")
+    for key in POSITIVE:
+        value = get(cfg, key)
+        if value is not None and (not _number(value) or value <= 0):
+            out.append(f"{key}={value!r} must be > 0")
+    for key in NON_NEGATIVE:
+        value = get(cfg, key)
+        if value is not None and (not _number(value) or value < 0):
+            out.append(f"{key}={value!r} must be >= 0")
+    a, t, o, f = cfg["augment"], cfg["train"], cfg["optim"], cfg["finetune"]
+    for key in ("scale", "ratio"):
+        pair = a.get(key)
+        top = 1 if key == "scale" else float("inf")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(map(_number, pair)) and 0 < pair[0] <= pair[1] <= top):
+            out.append(f"augment.{key}={pair!r} must be [min, max] with 0 < min <= max" + " <= 1" * (key == "scale"))
+    out += _check_lr(o.get("lr"))
+    try:
+        image_size_at(get(cfg, "data.image_size"), 0)
+        if isinstance(get(cfg, "data.image_size"), list) and isinstance(get(cfg, "data.image_size")[0], list):
+            late = [s for s, _ in get(cfg, "data.image_size") if _number(t["epochs"]) and s >= t["epochs"]]
+            if late:
+                out.append(f"data.image_size: a size starts at epoch {late[0]}, after the last (train.epochs={t['epochs']})")
+    except ValueError as e:
+        out.append(f"data.image_size={get(cfg, 'data.image_size')!r}: {e}")
+    if get(cfg, "data.loader") == "ffcv":
+        out += [f"augment.{k}={a[k]!r} runs only on the torch path: set data.loader=torch or drop it"
+                for k in TORCH_ONLY_AUGMENT if a.get(k)]  # fmt: skip
+    if _number(o.get("lr_spread")) and o["lr_spread"] < 1:
+        out.append(f"optim.lr_spread={o['lr_spread']} must be >= 1 (the stem gets lr / lr_spread)")
+    layer_decay = o.get("layer_decay")
+    if layer_decay is not None and not (_number(layer_decay) and 0 < layer_decay <= 1):
+        out.append(f"optim.layer_decay={layer_decay!r} must be in (0, 1]")
+    if layer_decay is not None and (isinstance(o.get("lr"), list) or o.get("lr_spread", 1) != 1):
+        out.append("optim.layer_decay and discriminative LRs (optim.lr: [low, high] or optim.lr_spread) both spread "
+                   "the LR over the layers: use one")  # fmt: skip
+    if isinstance(o.get("lr"), list) and o.get("lr_spread", 1) != 1:
+        out.append("optim.lr: [low, high] already sets the spread; drop optim.lr_spread")
+    lf = cfg["lr_find"]
+    if _number(lf.get("start_lr")) and _number(lf.get("end_lr")) and lf["start_lr"] >= lf["end_lr"]:
+        out.append(f"lr_find.start_lr={lf['start_lr']} must be below lr_find.end_lr={lf['end_lr']}")
+    epochs = t.get("epochs")
+    if f.get("strategy") == "freeze-then-unfreeze" and _number(epochs) and _number(f.get("freeze_epochs")):
+        if f["freeze_epochs"] >= epochs:
+            out.append(f"finetune.freeze_epochs={f['freeze_epochs']} leaves no unfrozen epoch in train.epochs={epochs}; "
+                       "lower it or use finetune.strategy=linear-probe")  # fmt: skip
+    warmup = get(cfg, "schedule.warmup_epochs")
+    if get(cfg, "schedule.name") == "cosine" and _number(warmup) and _number(epochs) and warmup >= epochs:
+        out.append(f"schedule.warmup_epochs={warmup} must be below train.epochs={epochs}")
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_lr(lr: Any) -> list[str]:
+    if lr == "auto" or (_number(lr) and lr > 0):
+        return []
+    if isinstance(lr, list) and len(lr) == 2 and all(map(_number, lr)) and 0 < lr[0] <= lr[1]:
+        return []
+    return [f"optim.lr={lr!r} must be a number > 0, [low, high] with 0 < low <= high, or auto"]
+
+
+def logged_metrics(cfg: dict[str, Any]) -> set[str]:
+    """The metrics a run of cfg logs every epoch (what a sweep may rank trials by)."""
+    metrics = set(METRICS)
+    if get(cfg, "train.ema"):
+        metrics |= {f"val_ema_{m.removeprefix('val_')}" for m in METRICS if m.startswith("val_")}
+    return metrics
+
+
+# ---------------------------------------------------------------- names
+
+
+def name_problems(cfg: dict[str, Any]) -> list[str]:
+    """Names that do not exist: timm model, optimizer, activation, pretrained weights."""
+    model = get(cfg, "model.name")
+    return [p for p in (_model(model), _optimizer(get(cfg, "optim.name")), _activation(get(cfg, "model.act_layer")),
+                        _pretrained(get(cfg, "model.pretrained"), model)) if p]  # fmt: skip
+
+
+def path_problems(cfg: dict[str, Any]) -> list[str]:
+    """Data paths that do not exist (a sweep checks them before submitting; a run, when it opens them)."""
+    out = []
+    for key in ("data.train_dir", "data.val_dir"):
+        path = get(cfg, key)
+        if path not in (None, "???", ""):
+            problem = _data_path(str(path))
+            if problem:
+                out.append(f"{key}={path}: {problem}")
+    return out
+
+
+@functools.cache
+def _model(name: Any) -> str | None:
+    from core import names
+    from core.errors import did_you_mean
+
+    if not isinstance(name, str) or not names.is_model(name):
+        arch = str(name).split(".")[0]
+        return f"model.name={name!r} is not a timm model{did_you_mean(arch, names.registries()['models'])}"
+    return None
+
+
+@functools.cache
+def _optimizer(name: Any) -> str | None:
+    from core import names
+    from core.errors import did_you_mean
+
+    if not isinstance(name, str) or not names.is_optimizer(name):
+        valid = names.registries()["optimizers"] + list(names.OPTIMIZER_ALIASES)
+        return f"optim.name={name!r} is not a timm optimizer{did_you_mean(str(name).lower(), valid)}"
+    return None
+
+
+@functools.cache
+def _activation(name: Any) -> str | None:
+    from core import names
+    from core.errors import did_you_mean
+
+    if name is not None and not names.is_activation(str(name)):
+        return (f"model.act_layer={name!r} is not a timm activation"
+                f"{did_you_mean(str(name), names.registries()['activations'])}")  # fmt: skip
+    return None
+
+
+@functools.cache
+def _pretrained(value: Any, model: Any) -> str | None:
+    """An offline zoo tag for this architecture, a weight file, an ftl run or export, or a timm pretrained tag."""
+    from core import names
+    from core.zoo import OFFLINE_ZOO, WEIGHT_SUFFIXES
+
+    if value is None:
+        return None
+    value, arch = str(value), str(model).split(".")[0]
+    if value in OFFLINE_ZOO:
+        zoo_arch = OFFLINE_ZOO[value].arch
+        return None if zoo_arch == arch else f"model.pretrained={value} is for {zoo_arch}; set model.name={zoo_arch}"
+    path = Path(value).expanduser()
+    if path.exists():
+        return None
+    if "/" in value or path.suffix in WEIGHT_SUFFIXES:
+        return f"model.pretrained={value}: no such weight file or ftl run/export"
+    if "." not in value:  # a tag of the model's own architecture: `a1_in1k` for resnet50
+        value = f"{arch}.{value}"
+    if names.is_pretrained_tag(value):
+        tag_arch = value.split(".")[0]
+        return None if tag_arch == arch else f"model.pretrained={value} is for {tag_arch}; set model.name={tag_arch}"
+    return (f"model.pretrained={value!r} is not an offline zoo tag ({', '.join(OFFLINE_ZOO)}), a weight file, an "
+            "ftl run dir or a timm pretrained tag (arch.tag)")  # fmt: skip
+
+
+@functools.cache
+def _data_path(path: str) -> str | None:
+    p = Path(path).expanduser()
+    if p.is_dir() or (p.suffix == ".beton" and p.is_file()):
+        return None
+    return "no such directory" if not p.exists() else "not a directory (an ImageFolder root) or a .beton file"
