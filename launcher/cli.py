@@ -150,7 +150,11 @@ def _hint(man, sweep_dir) -> str:
     from launcher import states as st
 
     todo = [t for t in man.trials.values() if st.needs_resume(t.state) and not t.cancelled]
-    return f"{len(todo)} trials need `ftl resume {sweep_dir}` (failed, lost, held or never submitted)" if todo else ""
+    held = sum(st.phase(t.state) == "held" for t in todo)
+    if not todo:
+        return ""
+    why = f" ({held} held by SLURM: `scontrol release` them, or resume queues them afresh)" if held else ""
+    return f"{len(todo)} trials need `ftl resume {sweep_dir}`{why}"
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

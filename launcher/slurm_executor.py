@@ -9,6 +9,8 @@ cluster's secrets travel in the environment sbatch exports, never in a file.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -98,8 +100,8 @@ class SlurmExecutor(Executor):
 
         executor = self._submitit(len(specs), job_name)
         _, secret = job_environment(self.cluster)
-        try:
-            with submission_env(secret), executor.batch():  # secrets reach the job through sbatch's --export=ALL
+        try:  # secrets reach the job through sbatch's --export=ALL; sbatch's complaints come back in the error
+            with submission_env(secret), contextlib.redirect_stderr(io.StringIO()), executor.batch():
                 jobs = [executor.submit(FineTuneJob(s.recipe, s.overrides, s.run_dir, s.early_stop)) for s in specs]
         except submitit.core.utils.FailedJobError as e:  # sbatch refused: SLURM's own words
             raise FtlError(f"sbatch failed: {slurm_message(e)}") from None

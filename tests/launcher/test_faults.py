@@ -47,7 +47,7 @@ def cluster_yaml(tmp_path: Path, kind: str, **kw) -> Path:
         data = {"name": "here", "executor": "local", "max_parallel": 1, "env": {"OMP_NUM_THREADS": "1"}}
     else:
         data = yaml.safe_load((REPO / "cluster_configs" / "slurm_local.yaml").read_text())
-        data["sbatch"] = {"hold": True}  # queued, never run: these tests are about the queue
+        data["sbatch"] = {"begin": "now+7days"}  # queued (PENDING, not held), never run: these tests are about the queue
     path = tmp_path / f"cluster-{kind}-{len(kw)}.yaml"
     path.write_text(yaml.safe_dump({**data, **kw}))
     return path
@@ -236,8 +236,8 @@ def test_killed_runner_is_replaced_and_its_running_trial_adopted(lfw, tmp_path):
     path = sweep_yaml(tmp_path, "runner", 2, lfw / "train", extra)
     assert run_ftl("sweep", path, "--cluster", cluster_yaml(tmp_path, "local"), "--out", out).returncode == 0
     def running() -> list[mf.TrialRecord]:
-        jobs = {t: out / t.run_dir / "local_job.json" for t in mf.read(out).trials.values()}
-        return [t for t, p in jobs.items() if p.is_file() and json.loads(p.read_text())["state"] == "RUNNING"]
+        jobs = [(t, out / t.run_dir / "local_job.json") for t in mf.read(out).trials.values()]
+        return [t for t, p in jobs if p.is_file() and json.loads(p.read_text())["state"] == "RUNNING"]
 
     first = wait_for(running, 120, "a running trial")[0]
     wait_for(lambda: (out / first.run_dir / "progress.json").is_file(), 120, "its first epoch")
