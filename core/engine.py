@@ -383,7 +383,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
     else:
         status = "completed"
     logger.close()
-    result = _result(status, run_dir, state, metrics)
+    result = {**_result(status, run_dir, state, metrics), "weights_digest": weights_digest(unwrapped)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "result.json", result)
     if wandb_run is not None:
@@ -493,6 +493,17 @@ def find_lr(cfg: DictConfig, out_dir: str | Path) -> lr_finder.LRFindResult:
     finally:
         accelerator.end_training()
         release_accelerator()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of this process's weights: DDP ranks that trained the same model print the same one."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _result(status: str, run_dir: Path, state: ckpt.TrainerState, metrics: dict[str, float]) -> dict[str, Any]:

@@ -43,6 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{prefix}final val_top1 {result['val_top1']:.4f} val_top5 {result['val_top5']:.4f} "
         f"val_loss {result['val_loss']:.4f} (best top1 {result['best_metric']:.4f} at epoch {result['best_epoch']})"
     )
+    if prefix != "ftl: ":
+        print(f"{prefix}weights {result['weights_digest']}")  # every rank's own: equal when DDP kept them in sync
     print(f"{prefix}run dir {result['run_dir']}")
     return 0
 

@@ -151,11 +151,11 @@ def write_index(man: Manifest) -> None:
     """manifest.json: the sweep and one row per trial, for people and tools (ftl reads the state files)."""
     rows = {t.id: {"state": t.state, "job_id": t.job_id, "attempt": t.attempt, "run_dir": t.run_dir,
                    "overrides": t.overrides, man.metric: t.result.get(man.metric)} for t in man.trials.values()}  # fmt: skip
-    meta = {k: v for k, v in _sweep_data(man).items() if k != "trials"}
+    meta = {k: v for k, v in sweep_data(man).items() if k != "trials"}
     write_json_atomic(man.dir / INDEX, {**meta, "trials": rows})
 
 
-def _sweep_data(man: Manifest) -> dict[str, Any]:
+def sweep_data(man: Manifest) -> dict[str, Any]:
     data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in ("dir", "changed", "trials")}
     data["trials"] = {t.id: t.overrides for t in man.trials.values()}
     return data
@@ -176,7 +176,7 @@ def create(sweep_dir: Path, man: Manifest, files: dict[str, str]) -> None:
         (tmp / "logs").mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
-        write_json_atomic(tmp / SWEEP, _sweep_data(man))
+        write_json_atomic(tmp / SWEEP, sweep_data(man))
         os.rename(tmp, sweep_dir)  # fails if sweep_dir appeared meanwhile: never merged into another sweep
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -295,7 +295,7 @@ def upgrade_v1(man: Manifest) -> None:
     """Write a v1 sweep dir in the new layout (under the lock): sweep.json and a state file per submitted trial."""
     man.uid = man.uid or new_uid()
     (man.dir / STATE_DIR).mkdir(exist_ok=True)
-    write_json_atomic(man.dir / SWEEP, _sweep_data(man))
+    write_json_atomic(man.dir / SWEEP, sweep_data(man))
     man.changed |= {t.id for t in man.trials.values() if t.attempt}
 
 

@@ -28,7 +28,8 @@ from core.fileio import write_text_atomic
 from core.tracking import read_jsonl
 from launcher import manifest as mf
 
-FAILED = ("FAILED", "PREEMPTED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+FAILED = ("FAILED", "PREEMPTED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "LOST",
+          "REVOKED", "HELD", "REQUEUE_HOLD", "SPECIAL_EXIT")  # fmt: skip
 NOT_METRICS = {"step", "epoch", "epochs", "time", "val_n", "image_size", "input_px", "global_step", "step_in_epoch",
                "best_epoch", "best_metric", "best"}  # fmt: skip
 LOG_LINES = 30

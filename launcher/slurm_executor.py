@@ -137,6 +137,9 @@ class SlurmExecutor(Executor):
             if proc.returncode != 0:
                 raise FtlError(f"sacct failed: {proc.stderr.strip()} (is slurmdbd up?)")
             _read_states(proc.stdout, found)
+        for job_id in job_ids:  # an array cancelled before any task started is one record, under the bare id
+            if job_id not in found and job_id.split("_")[0] in found:
+                found[job_id] = found[job_id.split("_")[0]]
         missing = [j for j in job_ids if j not in found]
         if missing or any(s.startswith("PENDING") for s in found.values()):
             # the controller knows what accounting does not: jobs purged from it (or not yet in it), and holds

@@ -45,14 +45,18 @@ def fake_sweep(tmp_path, name="t", executor="local", ran=True):
              ("d4", 3e-2, "vit", [0.2])]  # fmt: skip
     trials = {}
     for tid, lr, model, top1 in specs:
-        rec = mf.TrialRecord(tid, [f"optim.lr={lr}", f"model.name={model}"], f"trials/{tid}", [f"local-{tid}"])
+        rec = mf.TrialRecord(tid, [f"optim.lr={lr}", f"model.name={model}"], f"trials/{tid}", attempt=1,
+                             job_ids=[f"local-{tid}.1"])  # fmt: skip
         if ran:
             trial_files(tmp_path / rec.run_dir, top1, status=None if tid == "d4" else "completed", lr=lr)
             rec.state = "FAILED" if tid == "d4" else "RUNNING"  # stale: result.json says completed
         trials[tid] = rec
-    trials["e5"] = mf.TrialRecord("e5", ["optim.lr=0.5", "model.name=<vit & co>"], "trials/e5", state="HELD")
-    man = mf.Manifest(name, "base", [], "val_top1", "max", {"executor": executor}, None, "2026-01-02T03:04:05", trials)
-    mf.write(tmp_path, man)
+    trials["e5"] = mf.TrialRecord("e5", ["optim.lr=0.5", "model.name=<vit & co>"], "trials/e5", state="DEFERRED")
+    man = mf.Manifest(name, "base", [], "val_top1", "max", {"executor": executor}, None, "2026-01-02T03:04:05", trials,
+                      uid="0123abcd", dir=tmp_path)  # fmt: skip
+    (tmp_path / "state").mkdir()
+    (tmp_path / "sweep.json").write_text(json.dumps(mf.sweep_data(man)))
+    mf.save_states(man, set(trials))
     if ran:
         with open(tmp_path / "trials/a1/metrics.jsonl", "a") as f:
             f.write('{"step": 12, "epo')  # a line cut short by a killed job
@@ -78,7 +82,7 @@ def test_report_of_a_hand_written_sweep(tmp_path):
     for sid in PLOTS:
         assert len(pngs(found[sid])) == 1 and pngs(found[sid])[0].startswith(b"\x89PNG")
     assert "<dd>5: " in found["summary"] and "2026-01-02T03:04:05" in found["summary"]
-    assert "3 completed" in found["summary"] and "1 failed" in found["summary"] and "1 held" in found["summary"]
+    assert "3 completed" in found["summary"] and "1 failed" in found["summary"] and "1 deferred" in found["summary"]
     rows = re.findall(r"<tr[^>]*><td>(\w+)</td>", found["table"])
     assert rows == ["b2", "c3", "a1", "d4", "e5"]  # by val_top1, best first; no value last
     assert "<th>optim.lr</th><th>model.name</th>" in found["table"] and "&lt;vit &amp; co&gt;" in found["table"]
@@ -120,7 +124,7 @@ def test_sweep_with_no_finished_trial(tmp_path):
 def test_slurm_failure_logs_come_from_the_newest_job(tmp_path):
     fake_sweep(tmp_path, executor="slurm")
     with mf.locked(tmp_path) as man:
-        man.trials["d4"].job_ids = ["100", "101"]
+        man.update(man.trials["d4"], job_ids=["100", "101"])
     (tmp_path / "trials/d4/train.log").unlink()
     for job in ("100", "101"):
         (tmp_path / "logs" / job).mkdir(parents=True)
@@ -162,7 +166,9 @@ def sweep_dir(lfw, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     common = [f"data.train_dir={lfw}/train", f"data.val_dir={lfw}/val", "data.image_size=32", "data.batch_size=16",
               "data.num_workers=0", "train.epochs=2"]  # fmt: skip
-    zipped = {"data.train_dir": [f"{lfw}/train", f"{lfw}/train", f"{tmp}/missing"], "optim.lr": [1e-4, 3e-3, 1e-3]}
+    from tests.launcher.test_local_sweep import broken_images
+
+    zipped = {"data.train_dir": [f"{lfw}/train", f"{lfw}/train", str(broken_images(tmp))], "optim.lr": [1e-4, 3e-3, 1e-3]}
     spec = {"recipe": "base", "name": "rep", "overrides": common, "zip": zipped}
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (tmp / "cluster.yaml").write_text(yaml.safe_dump({"name": "here", "executor": "local", "max_parallel": 1,
@@ -170,7 +176,7 @@ def sweep_dir(lfw, tmp_path_factory):
     proc = run_ftl("sweep", tmp / "sweep.yaml", "--cluster", tmp / "cluster.yaml", "--out", tmp / "sw")
     assert proc.returncode == 0, proc.stderr
     done = run_ftl("wait", tmp / "sw", "--poll", "1")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1 and "1 of 3 trials did not complete" in done.stdout, done.stdout + done.stderr
     return tmp / "sw"
 
 
@@ -182,7 +188,7 @@ def test_report_of_a_real_sweep(sweep_dir):
     assert all(len(pngs(found[s])) == 1 for s in PLOTS)
     assert "2 completed" in found["summary"] and "1 failed" in found["summary"]
     assert "<th>data.train_dir</th><th>optim.lr</th>" in found["table"]
-    assert "missing" in found["failures"] and "no such directory" in found["failures"]
+    assert "broken" in found["failures"] and "give both the same class folders" in found["failures"]
     assert "model:" in found["best"] and "train.log" in found["failures"]
     spec = wandb_report.build_wandb_report(sweep_dir).read_text()
     assert '"value": "rep"' in spec and "Parallel Coordinates Plot" in spec

@@ -79,3 +79,54 @@ def test_cluster_configs(tmp_path):
         load_cluster(str(bad))
     with pytest.raises(FtlError, match=r"unknown cluster 'slurm_exmple' \(did you mean: slurm_example"):
         load_cluster("slurm_exmple")
+
+
+@pytest.mark.parametrize(("spec", "pattern"), [
+    ({"grid": {"model.name": ["mobilenetv2_100", "resnet5O"], "model.pretrained": [None]}},
+     r"1 of 2 trials cannot run: trial \w+ \(model.name=resnet5O .*\): model.name='resnet5O' is not a timm model"),
+    ({"grid": {"train.seed": [0, -1]}}, r"1 of 2 trials cannot run: .*train.seed=-1 must be >= 0"),
+    ({"grid": {"finetune.strategy": ["full", "freeze-then-unfreeze"], "finetune.freeze_epochs": [5]}},
+     r"finetune.freeze_epochs=5 leaves no unfrozen epoch"),
+    ({"grid": {"optim.name": ["adamw", "adamm"]}}, r"optim.name='adamm' is not a timm optimizer \(did you mean"),
+    ({"grid": {"model.pretrained": ["resnet50.a1_in1k"]}}, r"model.pretrained=resnet50.a1_in1k is for resnet50"),
+    ({"grid": {"model.pretrained": ["/no/such/weights.pth"]}}, r"no such weight file or ftl run/export"),
+    ({"grid": {"optim.layer_decay": [0.7]}, "overrides": ["data.train_dir=/tmp", "optim.lr=[1e-4,1e-3]"]},
+     r"optim.layer_decay and discriminative LRs"),
+    ({"grid": {"data.train_dir": ["/tmp", "/no/such/dir"]}}, r"data.train_dir=/no/such/dir: no such directory"),
+    ({"grid": {"optim.lr": [1e-3]}, "overrides": []}, r"data.train_dir is required"),
+    ({"grid": {"optim.lr": [1e-3]}, "metric": "val_top10"}, r"metric 'val_top10' is not logged by this trial"),
+    ({"grid": {"train.ema": [False, True]}, "metric": "val_ema_top1"}, r"1 of 2 trials cannot run.*val_ema_top1"),
+    ({"grid": {"optim.lr": [1e-3]}, "early_stop": {"min_epoch": 1}},
+     r"early_stop.min_epoch is not a key \(did you mean: min_epochs"),
+    ({"grid": {"optim.lr": [1e-3]}, "early_stop": {"reduction_factor": 1}}, r"reduction_factor=1 must be .* >= 2"),
+    ({"grid": {"data.image_size": [[[0, 32], [9, 64]]]}}, r"a size starts at epoch 9, after the last"),
+])  # fmt: skip
+def test_every_trial_is_checked_in_full_before_anything_runs(tmp_path, spec, pattern):
+    """Not only each value: each trial's whole config - names, cross-key rules, required keys, paths, the metric."""
+    with pytest.raises(FtlError, match=pattern):
+        load_sweep(write(tmp_path, spec))
+
+
+def test_dry_run_names_the_bad_trial_in_one_line(tmp_path):
+    from tests.conftest import run_ftl
+
+    path = write(tmp_path, {"grid": {"train.seed": [0, 1, -3]}})
+    proc = run_ftl("sweep", path, "--dry-run")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "train.seed=-3 must be >= 0" in lines[0], proc.stderr
+    good = run_ftl("sweep", write(tmp_path, {"grid": {"train.seed": [0, 1]}}, "g.yaml"), "--dry-run")
+    assert good.returncode == 0 and "2 trials" in good.stdout
+
+
+def test_slurm_time_strings(tmp_path):
+    from launcher.clusters import slurm_minutes
+
+    for given, minutes in ((90, 90), ("90", 90), ("90:30", 91), ("1:00:00", 60), ("2-00:00:00", 2880), ("2-12", 3600),
+                           ("2-12:30", 3630), ("0-0:0:30", 1)):  # fmt: skip
+        assert slurm_minutes(given) == minutes, given
+    path = tmp_path / "c.yaml"
+    path.write_text("executor: slurm\ntime_min: 1:00:00\n")  # YAML 1.1 would read 3600 (minutes: 60 hours)
+    assert load_cluster(str(path)).time_min == 60
+    path.write_text("executor: slurm\ntime_min: 1h\n")
+    with pytest.raises(FtlError, match=r"time_min='1h': use minutes or a SLURM time string"):
+        load_cluster(str(path))
