@@ -117,7 +117,7 @@ def main() -> None:
     if not os.environ.get("SLURM_CONF") or not shutil.which("sbatch"):
         raise SystemExit("needs the local SLURM cluster: scripts/slurm/cluster.sh start; export SLURM_CONF=...")
     rows, headline = [], {}
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "data"
         for cls in ("a", "b"):  # passes every check, fails at once if run (nothing is run here)
@@ -145,6 +145,8 @@ def main() -> None:
         submit_s, _ = timed([*FTL, "sweep", str(sweep_file(tmp, 10000, data)), "--cluster",
                              str(cluster_file(tmp, "local")), "--out", str(out)])  # fmt: skip
         rows.append(("ftl sweep, 10,000 trials (local executor)", submit_s, "state files + queue + runner start"))
+        while not (out / "local_runner.json").is_file():  # the runner is starting (its imports)
+            time.sleep(0.1)
         runner = json.loads((out / "local_runner.json").read_text())["pid"]
         before, start = cpu_seconds(runner), time.perf_counter()
         time.sleep(10)
@@ -153,6 +155,11 @@ def main() -> None:
         status_s, _ = timed([*FTL, "status", str(out), "--limit", "0"])
         rows.append(("ftl status, 10,000 trials (local executor)", status_s, ""))
         subprocess.run([*FTL, "cancel", str(out)], capture_output=True, cwd=REPO)
+        from launcher.local_executor import runner_alive
+
+        deadline = time.time() + 60
+        while runner_alive(out) and time.time() < deadline:  # let it leave before its dir is removed
+            time.sleep(0.5)
 
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, date {date.today()}, "
           "local SLURM (scripts/slurm/cluster.sh), jobs queued with --begin=now+7days")  # fmt: skip

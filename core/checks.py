@@ -113,71 +113,81 @@ def _coerce(kind: Any, value: Any) -> Any:
 
 
 def problems(cfg: dict[str, Any]) -> list[str]:
-    """Every value and cross-key rule a config breaks, one line each (empty: valid)."""
-    from core.data.resize import image_size_at
-
+    """Every rule a config breaks, one line each (empty: valid): each key's own, then those between keys."""
     out = []
-    if get(cfg, "data.train_dir") in (None, "???", ""):
+    for section, values in cfg.items():
+        if isinstance(values, dict):
+            for leaf, value in values.items():
+                out += key_problems(f"{section}.{leaf}", value)
+    return out + cross_problems(cfg)
+
+
+def key_problems(key: str, value: Any) -> list[str]:
+    """The rules of one key alone: its choices, range, sign, shape. A sweep checks each distinct value once."""
+    if key in CHOICES and value not in CHOICES[key]:
+        return [f"{key}={value!r} is not one of: {', '.join(CHOICES[key])}"]
+    if key in RANGES and (not _number(value) or not RANGES[key][0] <= value <= RANGES[key][1]):
+        return [f"{key}={value!r} must be between {RANGES[key][0]} and {RANGES[key][1]}"]
+    if key in _POSITIVE_SET and value is not None and (not _number(value) or value <= 0):
+        return [f"{key}={value!r} must be > 0"]
+    if key in _NON_NEGATIVE_SET and value is not None and (not _number(value) or value < 0):
+        return [f"{key}={value!r} must be >= 0"]
+    if key in ("augment.scale", "augment.ratio"):
+        top = 1 if key == "augment.scale" else float("inf")
+        if not (isinstance(value, list) and len(value) == 2 and all(map(_number, value)) and 0 < value[0] <= value[1] <= top):
+            return [f"{key}={value!r} must be [min, max] with 0 < min <= max" + " <= 1" * (key == "augment.scale")]
+    if key == "optim.lr":
+        return _check_lr(value)
+    if key == "data.image_size":
+        from core.data.resize import image_size_at
+
+        try:
+            image_size_at(value, 0)
+        except ValueError as e:
+            return [f"data.image_size={value!r}: {e}"]
+    if key == "optim.lr_spread" and _number(value) and value < 1:
+        return [f"optim.lr_spread={value} must be >= 1 (the stem gets lr / lr_spread)"]
+    if key == "optim.layer_decay" and value is not None and not (_number(value) and 0 < value <= 1):
+        return [f"optim.layer_decay={value!r} must be in (0, 1]"]
+    return []
+
+
+_POSITIVE_SET, _NON_NEGATIVE_SET = frozenset(POSITIVE), frozenset(NON_NEGATIVE)
+
+
+def cross_problems(cfg: dict[str, Any]) -> list[str]:
+    """The rules between keys (and the required ones): checked for every trial of a sweep."""
+    out = []
+    a, d, t, o, f, lf = (cfg[k] for k in ("augment", "data", "train", "optim", "finetune", "lr_find"))
+    if d.get("train_dir") in (None, "???", ""):
         out.append("data.train_dir is required (set it in the recipe or as data.train_dir=...)")
-    for key, allowed in CHOICES.items():
-        if get(cfg, key) not in allowed:
-            out.append(f"{key}={get(cfg, key)!r} is not one of: {', '.join(allowed)}")
-    for key, (lo, hi) in RANGES.items():
-        value = get(cfg, key)
-        if not _number(value) or not lo <= value <= hi:
-            out.append(f"{key}={value!r} must be between {lo} and {hi}")
-    for key in POSITIVE:
-        value = get(cfg, key)
-        if value is not None and (not _number(value) or value <= 0):
-            out.append(f"{key}={value!r} must be > 0")
-    for key in NON_NEGATIVE:
-        value = get(cfg, key)
-        if value is not None and (not _number(value) or value < 0):
-            out.append(f"{key}={value!r} must be >= 0")
-    a, t, o, f = cfg["augment"], cfg["train"], cfg["optim"], cfg["finetune"]
-    for key in ("scale", "ratio"):
-        pair = a.get(key)
-        top = 1 if key == "scale" else float("inf")
-        if not (isinstance(pair, list) and len(pair) == 2 and all(map(_number, pair)) and 0 < pair[0] <= pair[1] <= top):
-            out.append(f"augment.{key}={pair!r} must be [min, max] with 0 < min <= max" + " <= 1" * (key == "scale"))
-    out += _check_lr(o.get("lr"))
-    try:
-        image_size_at(get(cfg, "data.image_size"), 0)
-        if isinstance(get(cfg, "data.image_size"), list) and isinstance(get(cfg, "data.image_size")[0], list):
-            late = [s for s, _ in get(cfg, "data.image_size") if _number(t["epochs"]) and s >= t["epochs"]]
-            if late:
-                out.append(f"data.image_size: a size starts at epoch {late[0]}, after the last (train.epochs={t['epochs']})")
-    except ValueError as e:
-        out.append(f"data.image_size={get(cfg, 'data.image_size')!r}: {e}")
-    if get(cfg, "data.loader") == "ffcv":
+    epochs, size = t.get("epochs"), d.get("image_size")
+    if isinstance(size, list) and size and isinstance(size[0], list) and _number(epochs):
+        late = [s[0] for s in size if isinstance(s, list) and s and _number(s[0]) and s[0] >= epochs]
+        if late:
+            out.append(f"data.image_size: a size starts at epoch {late[0]}, after the last (train.epochs={epochs})")
+    if d.get("loader") == "ffcv":
         out += [f"augment.{k}={a[k]!r} runs only on the torch path: set data.loader=torch or drop it"
                 for k in TORCH_ONLY_AUGMENT if a.get(k)]  # fmt: skip
-    if _number(o.get("lr_spread")) and o["lr_spread"] < 1:
-        out.append(f"optim.lr_spread={o['lr_spread']} must be >= 1 (the stem gets lr / lr_spread)")
-    layer_decay = o.get("layer_decay")
-    if layer_decay is not None and not (_number(layer_decay) and 0 < layer_decay <= 1):
-        out.append(f"optim.layer_decay={layer_decay!r} must be in (0, 1]")
-    if layer_decay is not None and (isinstance(o.get("lr"), list) or o.get("lr_spread", 1) != 1):
+    if o.get("layer_decay") is not None and (isinstance(o.get("lr"), list) or o.get("lr_spread", 1) != 1):
         out.append("optim.layer_decay and discriminative LRs (optim.lr: [low, high] or optim.lr_spread) both spread "
                    "the LR over the layers: use one")  # fmt: skip
     if isinstance(o.get("lr"), list) and o.get("lr_spread", 1) != 1:
         out.append("optim.lr: [low, high] already sets the spread; drop optim.lr_spread")
-    lf = cfg["lr_find"]
     if _number(lf.get("start_lr")) and _number(lf.get("end_lr")) and lf["start_lr"] >= lf["end_lr"]:
         out.append(f"lr_find.start_lr={lf['start_lr']} must be below lr_find.end_lr={lf['end_lr']}")
-    epochs = t.get("epochs")
     if f.get("strategy") == "freeze-then-unfreeze" and _number(epochs) and _number(f.get("freeze_epochs")):
         if f["freeze_epochs"] >= epochs:
             out.append(f"finetune.freeze_epochs={f['freeze_epochs']} leaves no unfrozen epoch in train.epochs={epochs}; "
                        "lower it or use finetune.strategy=linear-probe")  # fmt: skip
-    warmup = get(cfg, "schedule.warmup_epochs")
-    if get(cfg, "schedule.name") == "cosine" and _number(warmup) and _number(epochs) and warmup >= epochs:
+    warmup = cfg["schedule"].get("warmup_epochs")
+    if cfg["schedule"].get("name") == "cosine" and _number(warmup) and _number(epochs) and warmup >= epochs:
         out.append(f"schedule.warmup_epochs={warmup} must be below train.epochs={epochs}")
     return out
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) in (int, float) or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _check_lr(lr: Any) -> list[str]:

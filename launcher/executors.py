@@ -5,7 +5,7 @@ The protocol (submitit's shape: state is small files written temp-then-rename), 
     1. intent     each trial's state file says SUBMITTING, its new attempt and the batch token - on disk first
     2. submit     the backend queues the batch (one SLURM job array named `<sweep job name>.<token>`, or lines
                   appended to the local runner's queue); SIGINT/SIGTERM are held back until step 3 is written
-    3. record     each trial's state file gets its job id (PENDING)
+    3. record     the batch's job ids, in one file (state/batches/<token>.json): each trial is now PENDING
 
 A crash between 1 and 3 leaves trials SUBMITTING: `recover` asks the backend what it queued under the token and
 adopts it (job ids recorded), or cancels it when it cannot run, and marks the rest unsubmitted again. So nothing is
@@ -45,11 +45,11 @@ class TrialSpec:
 
 def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
     """A trial's job: the sweep's resolved recipe, W&B grouping, sweep-wide then the trial's own overrides."""
-    sweep_dir = man.dir.resolve()
+    sweep_dir = str(man.dir.resolve())
     group = f"{man.name}-{man.uid}" if man.uid else man.name  # every launch its own W&B group
     wandb = [f"tracking.group={group}", f"tracking.name={record.id}"]
-    return TrialSpec(record.id, str(sweep_dir / "recipe.yaml"), [*wandb, *man.overrides, *record.overrides],
-                     str(sweep_dir / record.run_dir), man.early_stop, record.attempt)  # fmt: skip
+    return TrialSpec(record.id, f"{sweep_dir}/recipe.yaml", [*wandb, *man.overrides, *record.overrides],
+                     f"{sweep_dir}/{record.run_dir}", man.early_stop, record.attempt)  # fmt: skip
 
 
 CLIENT_VARS = ("SLURM_CONF",)  # the SLURM client's own configuration, not the state of an enclosing job
@@ -145,23 +145,22 @@ class Executor(ABC):
 
     def _submit_one(self, man: mf.Manifest, batch: list[mf.TrialRecord]) -> None:
         token = mf.new_uid()[:6]  # unique within the sweep; its jobs are named `<sweep job name>.<token>`
+        entries = [(r.id, r.attempt + 1) for r in batch]
         before = {r.id: {k: getattr(r, k) for k in mf.STATE_KEYS} for r in batch}
         with signals_held():
             now = time.time()
-            for index, record in enumerate(batch):
-                man.update(record, state="SUBMITTING", attempt=record.attempt + 1, token=token, index=index,
-                           submitted=now, cancelled=False, result={})  # fmt: skip
-            mf.save_states(man)  # 1. the intent, on disk before the scheduler hears of it
+            mf.write_batch(man, token, entries, now, None)  # 1. the intent, on disk before the scheduler hears of it
+            mf.apply_batch(man, {"token": token, "submitted": now, "trials": entries, "job_ids": None})
             try:
                 job_ids = self._submit_batch([trial_spec(man, r) for r in batch], f"{man.job_name}.{token}")
             except BaseException:
-                for record in batch:  # refused: nothing was queued for this batch
-                    man.update(record, **before[record.id])
-                mf.save_states(man)
+                mf.drop_batch(man, token)  # refused: nothing was queued for this batch
+                for record in batch:
+                    for key, value in before[record.id].items():
+                        setattr(record, key, value)
                 raise
-            for record, job_id in zip(batch, job_ids):  # 3. the job ids
-                man.update(record, state="PENDING", job_ids=[*record.job_ids, job_id])
-            mf.save_states(man)
+            mf.write_batch(man, token, entries, now, job_ids)  # 3. the job ids, for the whole batch in one file
+            mf.apply_batch(man, {"token": token, "submitted": now, "trials": entries, "job_ids": job_ids})
 
     def recover(self, man: mf.Manifest, cancel_orphans: bool) -> list[mf.TrialRecord]:
         """Trials left SUBMITTING by a killed command: adopt the jobs the scheduler has under their token. With

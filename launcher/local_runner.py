@@ -15,6 +15,7 @@ at a time, and records each one in its run dir (local_job.json: attempt, state, 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -46,7 +47,8 @@ class Runner:
         self.max_parallel = max_parallel
         self.sweep = mf.read_sweep(sweep_dir)  # what the sweep is: fixed once written
         self.running: dict[str, Child] = {}
-        self.pending: list[tuple[str, int]] = []  # (trial id, attempt), in queue order
+        self.pending: list[tuple[str, int, str]] = []  # (trial id, attempt, batch token), in queue order
+        self.batches: dict[str, dict] = {}  # completed batch records by token
         self.seen: set[tuple[str, int]] = set()
         self.offset = 0
 
@@ -55,7 +57,7 @@ class Runner:
 
     def take_new_entries(self) -> None:
         entries, self.offset = read_queue(self.sweep_dir, self.offset)
-        for _, _, trial_id, attempt in entries:
+        for token, _, trial_id, attempt in entries:
             if (trial_id, attempt) in self.seen or trial_id not in self.sweep.trials:
                 continue
             self.seen.add((trial_id, attempt))
@@ -68,7 +70,7 @@ class Runner:
                 else:
                     self.record(trial_id, attempt, "LOST", job.get("pid"))
                 continue
-            self.pending.append((trial_id, attempt))
+            self.pending.append((trial_id, attempt, token))
 
     def record(self, trial_id: str, attempt: int, state: str, pid: int | None, **extra) -> None:
         write_json_atomic(self.run_dir(trial_id) / "local_job.json",
@@ -92,12 +94,26 @@ class Runner:
         """Start queued trials up to max_parallel, under the sweep lock (see the module doc)."""
         with mf.lock(self.sweep_dir):
             while self.pending and len(self.running) < self.max_parallel:
-                trial_id, attempt = self.pending.pop(0)
+                trial_id, attempt, token = self.pending.pop(0)
                 record = mf.read_state(self.sweep_dir, mf.TrialRecord(trial_id, self.sweep.trials[trial_id].overrides,
-                                                                      self.sweep.trials[trial_id].run_dir))  # fmt: skip
+                                                                      self.sweep.trials[trial_id].run_dir),
+                                       self.batch(token))  # fmt: skip
                 if record.attempt != attempt or record.cancelled or record.state not in ("PENDING", "SUBMITTING"):
                     continue  # cancelled, or resubmitted since (a later queue line carries the new attempt)
                 self.running[trial_id] = self.launch(record)
+
+    def batch(self, token: str) -> dict | None:
+        """A batch record (kept once it holds job ids: it does not change after that)."""
+        if token not in self.batches:
+            path = self.sweep_dir / mf.BATCH_DIR / f"{token}.json"
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                return None
+            if data.get("job_ids") is None:
+                return data
+            self.batches[token] = data
+        return self.batches[token]
 
     def launch(self, record: mf.TrialRecord) -> Child:
         spec = trial_spec(self.sweep, record)

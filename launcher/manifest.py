@@ -3,12 +3,18 @@
     SWEEP_DIR/sweep.json        what the sweep is: name, uid, recipe, sweep-wide overrides, metric, cluster (its
                                 secrets left out), early_stop and the trial table (id -> overrides). Written once,
                                 before any job is queued; the dir appears complete (it is renamed into place).
-    SWEEP_DIR/state/<id>.json   one trial's launcher state: attempt, submission (token, index), job ids, cancel mark,
-                                and once final its state and result. Absent: the trial was never submitted (NEW).
-                                Written temp-then-rename, only under the sweep lock: the intent (SUBMITTING, attempt,
-                                token) before sbatch, the job id right after - so a crash at any instant leaves a
-                                trial either unsubmitted, submitting (`ftl resume` adopts or cancels what SLURM has
-                                under that token) or submitted.
+    SWEEP_DIR/state/batches/<token>.json
+                                one submission batch (one SLURM array): its trials with their attempt numbers, in
+                                array order, written before the batch goes to the scheduler (the intent: its trials
+                                are SUBMITTING), then again with the job ids the scheduler gave (they are PENDING).
+                                One file per array, not one per trial: 100,000 trials are queued in 100 such files.
+    SWEEP_DIR/state/<id>.json   one trial's own state, once something happened to it alone: a state the scheduler
+                                reported, a result, a cancel, an adoption after a crash. It wins over its batch when
+                                its attempt is the same or newer. No file and no batch: never submitted (NEW).
+
+All of it is written temp-then-rename, and only under the sweep lock. A crash at any instant leaves each trial
+unsubmitted, submitted, or submitting (an intent with no job ids): `ftl resume` adopts or cancels what SLURM holds
+under that batch's token.
     SWEEP_DIR/manifest.json     an index of the above (one row per trial: state, job id, metric) for people and
                                 tools, rewritten after every change; ftl itself never reads it.
     SWEEP_DIR/recipe.yaml       the base recipe as resolved at submission; sweep.yaml the sweep file as read
@@ -34,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import FtlError
-from core.fileio import write_json_atomic
+from core.fileio import write_atomic
 from launcher import states as st
 
 SWEEP = "sweep.json"
 INDEX = "manifest.json"
 STATE_DIR = "state"
+BATCH_DIR = "state/batches"
 VERSION = 2
 
 
@@ -81,6 +88,7 @@ class Manifest:
     version: int = VERSION
     dir: Path = Path(".")
     changed: set[str] = field(default_factory=set)  # trial ids whose state must be written back
+    index_stale: bool = False  # manifest.json is behind the state files
 
     def best(self) -> TrialRecord | None:
         done = [t for t in self.trials.values() if isinstance(t.result.get(self.metric), (int, float))]
@@ -99,6 +107,9 @@ class Manifest:
     def job_name(self) -> str:
         """Prefix of every SLURM job name of this sweep launch: `ftl-<name>-<uid>`."""
         return f"ftl-{self.name}-{self.uid}"
+
+
+RUNTIME_FIELDS = {"dir", "changed", "index_stale", "trials"}  # not stored in sweep.json
 
 
 def new_uid() -> str:
@@ -133,7 +144,7 @@ def sync_dir(path: Path) -> None:
 
 
 def save_states(man: Manifest, ids: set[str] | None = None) -> None:
-    """Write the state files of the changed trials (or of `ids`), then the index."""
+    """Write the state files of the changed trials (or of `ids`); the index follows when the lock is released."""
     ids = set(man.changed) if ids is None else ids
     if not ids:
         return
@@ -144,7 +155,7 @@ def save_states(man: Manifest, ids: set[str] | None = None) -> None:
         _write_small(state_dir / f"{trial_id}.json", json.dumps(data, separators=(",", ":")).encode())
     sync_dir(state_dir)
     man.changed -= ids
-    write_index(man)
+    man.index_stale = True
 
 
 def write_index(man: Manifest) -> None:
@@ -152,11 +163,17 @@ def write_index(man: Manifest) -> None:
     rows = {t.id: {"state": t.state, "job_id": t.job_id, "attempt": t.attempt, "run_dir": t.run_dir,
                    "overrides": t.overrides, man.metric: t.result.get(man.metric)} for t in man.trials.values()}  # fmt: skip
     meta = {k: v for k, v in sweep_data(man).items() if k != "trials"}
-    write_json_atomic(man.dir / INDEX, {**meta, "trials": rows})
+    _write_json(man.dir / INDEX, {**meta, "trials": rows})
+    man.index_stale = False
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Compact JSON, temp-then-rename with one fsync: for files of a 100,000-trial sweep (tens of MB)."""
+    write_atomic(path, lambda p: p.write_text(json.dumps(data, separators=(",", ":"))))
 
 
 def sweep_data(man: Manifest) -> dict[str, Any]:
-    data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in ("dir", "changed", "trials")}
+    data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in RUNTIME_FIELDS}
     data["trials"] = {t.id: t.overrides for t in man.trials.values()}
     return data
 
@@ -176,7 +193,7 @@ def create(sweep_dir: Path, man: Manifest, files: dict[str, str]) -> None:
         (tmp / "logs").mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
-        write_json_atomic(tmp / SWEEP, sweep_data(man))
+        _write_json(tmp / SWEEP, sweep_data(man))
         os.rename(tmp, sweep_dir)  # fails if sweep_dir appeared meanwhile: never merged into another sweep
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,8 +221,10 @@ def read_sweep(sweep_dir: Path) -> Manifest:
     return man
 
 
-def read_state(sweep_dir: Path, record: TrialRecord) -> TrialRecord:
-    """Fill one record from its state file (left as it is when there is none)."""
+def read_state(sweep_dir: Path, record: TrialRecord, batch: dict[str, Any] | None = None) -> TrialRecord:
+    """Fill one record from a batch it is in and from its own state file (where that is as new)."""
+    if batch is not None:
+        apply_batch(Manifest("", "", [], "", "", {}, None, "", {record.id: record}), batch)
     path = sweep_dir / STATE_DIR / f"{record.id}.json"
     if path.is_file():
         _apply_state(record, _load_json(path), path)
@@ -213,25 +232,74 @@ def read_state(sweep_dir: Path, record: TrialRecord) -> TrialRecord:
 
 
 def read(sweep_dir: str | Path) -> Manifest:
-    """The sweep as its files say now (sweep.json + every state file). A damaged file is one clear FtlError."""
+    """The sweep as its files say now: sweep.json, then the batches in submission order, then each trial's own
+    file where it is as new as its batch. A damaged file is one clear FtlError."""
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SWEEP).is_file() and (sweep_dir / INDEX).is_file() and not (sweep_dir / STATE_DIR).is_dir():
         return _read_v1(sweep_dir)
     man = read_sweep(sweep_dir)
+    for batch in read_batches(sweep_dir):
+        apply_batch(man, batch)
     state_dir = sweep_dir / STATE_DIR
-    try:
-        names = os.listdir(state_dir)
-    except FileNotFoundError:
-        names = []
-    for name in names:
+    for name in _listdir(state_dir):
         trial_id = name.removesuffix(".json")
-        if name.startswith(".") or not name.endswith(".json"):
-            continue
-        record = man.trials.get(trial_id)
-        if record is None:
-            continue  # not a trial of this sweep: ignored
-        _apply_state(record, _load_json(state_dir / name), state_dir / name)
+        if name.startswith(".") or not name.endswith(".json") or trial_id not in man.trials:
+            continue  # a temporary file, or not a trial of this sweep: ignored
+        _apply_state(man.trials[trial_id], _load_json(state_dir / name), state_dir / name)
     return man
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def read_batches(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every batch record, in submission order."""
+    out = []
+    for name in _listdir(sweep_dir / BATCH_DIR):
+        if name.endswith(".json") and not name.startswith("."):
+            path = sweep_dir / BATCH_DIR / name
+            data = _load_json(path)
+            ok = isinstance(data, dict) and isinstance(data.get("trials"), list) and all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)
+                for e in data["trials"]) and isinstance(data.get("job_ids"), (list, type(None)))  # fmt: skip
+            if not ok or (data["job_ids"] is not None and len(data["job_ids"]) != len(data["trials"])):
+                raise FtlError(f"{path} is damaged or not ftl's (a batch needs trials [[id, attempt], ...] and job_ids)")
+            out.append(data)
+    return sorted(out, key=lambda b: (b.get("submitted") or 0, b.get("token", "")))
+
+
+def apply_batch(man: Manifest, batch: dict[str, Any]) -> None:
+    """A batch's trials (in attempts not superseded) become SUBMITTING, or PENDING with their job id."""
+    job_ids = batch["job_ids"]
+    for index, (trial_id, attempt) in enumerate(batch["trials"]):
+        record = man.trials.get(trial_id)
+        if record is None or attempt < record.attempt:
+            continue
+        record.attempt, record.token, record.index = attempt, batch["token"], index
+        record.submitted, record.cancelled, record.result = batch.get("submitted"), False, {}
+        record.state = "SUBMITTING" if job_ids is None else "PENDING"
+        if job_ids is not None and record.job_id != job_ids[index]:
+            record.job_ids = [*record.job_ids, job_ids[index]]
+
+
+def write_batch(man: Manifest, token: str, trials: list[tuple[str, int]], submitted: float,
+                job_ids: list[str] | None) -> None:  # fmt: skip
+    """A batch record: the intent (job_ids None), before the scheduler hears of it; then its job ids."""
+    path = man.dir / BATCH_DIR / f"{token}.json"
+    path.parent.mkdir(exist_ok=True)
+    data = {"token": token, "submitted": submitted, "trials": [list(t) for t in trials], "job_ids": job_ids}
+    _write_small(path, json.dumps(data, separators=(",", ":")).encode())
+    sync_dir(path.parent)
+
+
+def drop_batch(man: Manifest, token: str) -> None:
+    """The scheduler refused the batch: its intent goes, and its trials are what they were before."""
+    (man.dir / BATCH_DIR / f"{token}.json").unlink(missing_ok=True)
+    sync_dir(man.dir / BATCH_DIR)
 
 
 def _load_json(path: Path) -> Any:
@@ -259,7 +327,7 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
     if problems:
         raise FtlError(f"{path} is damaged or not ftl's: {'; '.join(problems)}")
     trials = {k: TrialRecord(k, list(v), f"trials/{k}") for k, v in data["trials"].items()}
-    known = {f.name for f in fields(Manifest)} - {"dir", "changed", "trials"}
+    known = {f.name for f in fields(Manifest)} - RUNTIME_FIELDS
     return Manifest(**{k: v for k, v in data.items() if k in known and k != "trials"}, trials=trials)
 
 
@@ -270,6 +338,8 @@ def _apply_state(record: TrialRecord, data: Any, path: Path) -> None:
     if not isinstance(data, dict) or any(not isinstance(data.get(k, getattr(record, k)), t) for k, t in types.items()):
         raise FtlError(f"{path} is damaged or not ftl's (unexpected fields); restore it, or delete it if the trial "
                        "has no job in the queue (it then counts as never submitted)")  # fmt: skip
+    if data.get("attempt", 0) < record.attempt:
+        return  # an older attempt's file: a later batch superseded it
     for key in STATE_KEYS:
         if key in data:
             setattr(record, key, data[key])
@@ -295,7 +365,7 @@ def upgrade_v1(man: Manifest) -> None:
     """Write a v1 sweep dir in the new layout (under the lock): sweep.json and a state file per submitted trial."""
     man.uid = man.uid or new_uid()
     (man.dir / STATE_DIR).mkdir(exist_ok=True)
-    write_json_atomic(man.dir / SWEEP, sweep_data(man))
+    _write_json(man.dir / SWEEP, sweep_data(man))
     man.changed |= {t.id for t in man.trials.values() if t.attempt}
 
 
@@ -321,6 +391,8 @@ def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
             yield man
         finally:
             save_states(man)
+            if man.index_stale:
+                write_index(man)
 
 
 def read_trial_files(sweep_dir: Path, record: TrialRecord) -> tuple[dict, dict]:

@@ -263,11 +263,13 @@ def _tail(path: Path) -> str:
 
 
 def failure_logs(sw: SweepData, rec: mf.TrialRecord) -> list[tuple[str, str]]:
-    """(path, last lines) of a trial's logs: the newest SLURM *_log.err/out of its last job, else its train.log."""
+    """(path, last lines) of a trial's logs: the newest SLURM *_log.err/out of its last job (logs/<array id>/, or
+    logs/<job id>/ from older ftl), else its train.log."""
     found: list[Path] = []
     for job in reversed(rec.job_ids):
-        newest = [max((sw.dir / "logs" / job).glob(p), key=lambda f: f.stat().st_mtime, default=None)
-                  for p in ("*_log.err", "*_log.out")]  # fmt: skip
+        folders = {sw.dir / "logs" / job.split("_")[0], sw.dir / "logs" / job}
+        newest = [max((f for d in folders for f in d.glob(f"{job}_*{p}")), key=lambda f: f.stat().st_mtime, default=None)
+                  for p in ("_log.err", "_log.out")]  # fmt: skip
         if found := [p for p in newest if p is not None]:
             break
     if not found and (sw.dir / rec.run_dir / "train.log").is_file():

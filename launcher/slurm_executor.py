@@ -79,7 +79,8 @@ class SlurmExecutor(Executor):
         c = self.cluster
         public, _ = job_environment(c)  # the secrets go through sbatch's environment, not the script
         setup = [*c.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in public.items())]
-        executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%j", max_num_timeout=c.max_requeues,
+        # one log folder per array (logs/<array id>/<job id>_<task>_log.out): not a directory per trial
+        executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%A", max_num_timeout=c.max_requeues,
                                           python=c.python)  # fmt: skip
         params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
                       mem=f"{int(c.mem_gb * 1024)}M", time=c.time_min, partition=c.partition,
@@ -126,7 +127,7 @@ class SlurmExecutor(Executor):
 
     def adoptable(self, job_id: str) -> bool:
         """submitit moves each task's pickle into place after sbatch returns: a job without it cannot run."""
-        return (self.sweep_dir / "logs" / job_id / f"{job_id}_submitted.pkl").is_file()
+        return (self.sweep_dir / "logs" / job_id.split("_")[0] / f"{job_id}_submitted.pkl").is_file()
 
     def states(self, man: mf.Manifest, records: list[mf.TrialRecord]) -> dict[str, str]:
         job_ids = [r.job_id for r in records if r.job_id]

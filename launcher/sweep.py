@@ -198,18 +198,18 @@ def validate(sweep: Sweep) -> None:
     except FtlError as e:
         raise FtlError(f"{source}: {e}") from None
     base_values = config_lib.to_dict(sweep.base_config)
-    typed: dict[str, tuple[str, Any]] = {}
+    base_key_problems = {f"{sec}.{leaf}": checks.key_problems(f"{sec}.{leaf}", v) for sec, vals in base_values.items()
+                         if isinstance(vals, dict) for leaf, v in vals.items()}  # fmt: skip
+    typed: dict[str, tuple[str, Any, list[str]]] = {}
     bad: list[str] = []
     for trial in sweep.trials:
-        values, problems = dict(base_values), []
-        copied: set[str] = set()
+        values, problems, copied, own = dict(base_values), [], set(), set()
         for override in trial.overrides:
             if override not in typed:
                 typed[override] = _typed_override(override)
-            key, value = typed[override]
-            if isinstance(value, FtlError):
-                problems.append(str(value))
-                continue
+            key, value, value_problems = typed[override]
+            problems += value_problems
+            own.add(key)
             section, _, leaf = key.partition(".")
             if leaf:
                 if section not in copied:
@@ -218,7 +218,8 @@ def validate(sweep: Sweep) -> None:
             else:
                 values[section] = value
         if not problems:
-            problems = checks.problems(values) + checks.name_problems(values) + checks.path_problems(values)
+            problems = [p for k, ps in base_key_problems.items() if ps and k not in own for p in ps]
+            problems += checks.cross_problems(values) + checks.name_problems(values) + checks.path_problems(values)
             if sweep.metric not in checks.logged_metrics(values):
                 problems.append(f"metric {sweep.metric!r} is not logged by this trial (it logs "
                                 f"{', '.join(sorted(checks.logged_metrics(values)))})")  # fmt: skip
@@ -229,20 +230,19 @@ def validate(sweep: Sweep) -> None:
         raise FtlError(f"{source}: {len(bad)} of {len(sweep.trials)} trials cannot run: " + " | ".join(bad[:3]) + more)
 
 
-def _typed_override(override: str) -> tuple[str, Any]:
-    """'optim.lr=1e-3' -> ('optim.lr', 0.001), typed as the schema says; the error as the value when it is bad."""
+def _typed_override(override: str) -> tuple[str, Any, list[str]]:
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001, problems of that value alone), typed as the schema says."""
     from core import checks
 
     try:
-        parsed = config_lib.parse_overrides([override])
+        key, value = config_lib.parse_override(override)
+        config_lib.parse_overrides([override])  # an unknown key: named, with the closest ones
     except FtlError as e:
-        return override, e
-    key = override.split("=", 1)[0]
-    section, _, leaf = key.partition(".")
-    value = parsed[section][leaf] if leaf else parsed[section]
+        return override, None, [str(e).removeprefix("override: ")]
     try:
-        return key, checks.coerce(key, value)
-    except KeyError:  # a whole section (model={...}) or a key the schema leaves open
-        return key, value
+        value = checks.coerce(key, value)
+    except KeyError:  # a key the schema leaves open
+        return key, value, []
     except ValueError as e:
-        return key, FtlError(f"{override}: {e}")
+        return key, value, [f"{override}: {e}"]
+    return key, value, checks.key_problems(key, value)

@@ -169,9 +169,9 @@ def test_jobs_queued_but_not_recorded_are_adopted(slurm, tmp_path):
     path = sweep_yaml(tmp_path, "adopt", 30, empty_dataset(tmp_path))
     assert run_ftl("sweep", path, "--cluster", cluster_yaml(tmp_path, "slurm"), "--out", out).returncode == 0
     before = {t.id: t.job_id for t in mf.read(out).trials.values()}
-    for state_file in (out / "state").glob("*.json"):  # as if the last write never happened
-        data = json.loads(state_file.read_text())
-        state_file.write_text(json.dumps({**data, "state": "SUBMITTING", "job_ids": data["job_ids"][:-1]}))
+    for batch in (out / "state" / "batches").glob("*.json"):  # as if the record step never happened
+        batch.write_text(json.dumps({**json.loads(batch.read_text()), "job_ids": None}))
+    assert {t.state for t in mf.read(out).trials.values()} == {"SUBMITTING"}
     assert "30 pending" in run_ftl("status", out).stdout
     assert {t.id: t.job_id for t in mf.read(out).trials.values()} == before
     assert "nothing to resume" in run_ftl("resume", out).stdout
@@ -324,9 +324,9 @@ def test_a_job_purged_from_accounting_is_lost_then_resumed(slurm, tmp_path):
     assert run_ftl("sweep", path, "--cluster", cluster_yaml(tmp_path, "slurm"), "--out", out).returncode == 0
     victim = next(iter(mf.read(out).trials.values()))
     subprocess.run(["scancel", victim.job_id], check=True)
-    state_file = out / "state" / f"{victim.id}.json"
-    data = json.loads(state_file.read_text())  # a job id neither sacct nor squeue knows, submitted long ago
-    state_file.write_text(json.dumps({**data, "job_ids": ["987654_0"], "submitted": time.time() - 3600}))
+    state_file = out / "state" / f"{victim.id}.json"  # a job id neither sacct nor squeue knows, submitted long ago
+    state_file.write_text(json.dumps({"state": "PENDING", "attempt": 1, "job_ids": ["987654_0"], "token": victim.token,
+                                      "index": victim.index, "submitted": time.time() - 3600}))  # fmt: skip
     status = run_ftl("status", out)
     assert "1 lost" in status.stdout and "ftl resume" in status.stdout, status.stdout
     assert "resubmitted 1" in run_ftl("resume", out).stdout
@@ -347,11 +347,13 @@ def local_sweep_dir(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("damage", ["sweep.json garbage", "sweep.json a list", "sweep.json missing keys",
-                                    "state garbage", "state wrong types", "state a string", "no sweep.json"])  # fmt: skip
+                                    "state garbage", "state wrong types", "state a string", "batch garbage",
+                                    "batch wrong types", "no sweep.json"])  # fmt: skip
 def test_damaged_sweep_files_are_one_line_errors(tmp_path, damage):
     out = local_sweep_dir(tmp_path)
     target, _, how = damage.partition(" ")
-    path = out / "sweep.json" if target == "sweep.json" else next((out / "state").glob("*.json"))
+    folder = {"sweep.json": out, "state": out / "state", "batch": out / "state" / "batches"}.get(target, out)
+    path = out / "sweep.json" if target == "sweep.json" else next(folder.glob("*.json"), out / "x.json")
     if how == "garbage":
         path.write_bytes(b"\x00\xff{not json")
     elif how == "a list":

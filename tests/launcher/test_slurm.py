@@ -79,7 +79,7 @@ def test_preempted_trial_requeues_and_resumes_exactly(slurm, lfw, tmp_path):
     assert run_ftl("wait", out, "--poll", "2", timeout=900).returncode == 0
     man = mf.read(out)
     assert man.trials[victim.id].state == "COMPLETED" and man.trials[reference.id].state == "COMPLETED"
-    log = "\n".join(p.read_text() for p in (out / "logs").rglob(f"{victim.job_id}*/*_log.out"))
+    log = "\n".join(p.read_text() for p in (out / "logs").rglob(f"{victim.job_id}_*_log.out"))
     assert "checkpoint saved" in log and "(resuming step_" in log
     sacct = subprocess.run(["sacct", "-j", victim.job_id, "-n", "-P", "-D", "-o", "State"], capture_output=True,
                            text=True).stdout.split()  # fmt: skip
