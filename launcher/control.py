@@ -115,15 +115,17 @@ def refresh(sweep_dir: str | Path, recover: bool = True) -> tuple[mf.Manifest, l
         executor = executor_for(man)
         if recover:
             executor.recover(man, cancel_orphans=False)
-        executor.refresh(man, lambda r: mf.read_trial_files(sweep_dir, r))
+        files = mf.TrialFiles(man)
+        executor.refresh(man, files)
         executor.after_change(man)
-    return man, rows_of(man)
+    return man, rows_of(man, files)
 
 
-def rows_of(man: mf.Manifest) -> list[Row]:
+def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
+    files = files or mf.TrialFiles(man)
     rows = []
     for t in man.trials.values():
-        progress, result = mf.read_trial_files(man.dir, t) if t.attempt else ({}, {})
+        progress, result = files(t) if t.attempt else ({}, {})
         epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if "epochs" in progress else "-"
         metric = result.get(man.metric, progress.get(man.metric))
         best = progress.get("best") if isinstance(progress.get("best"), (int, float)) else None
@@ -141,7 +143,7 @@ def resume(sweep_dir: str | Path) -> tuple[list[str], str]:
         check_secrets(cluster)
         executor = create_executor(cluster, sweep_dir)
         executor.recover(man, cancel_orphans=True)
-        executor.refresh(man, lambda r: mf.read_trial_files(sweep_dir, r))
+        executor.refresh(man, mf.TrialFiles(man))
         todo = [t for t in man.trials.values() if st.needs_resume(t.state)]
         held = [t.job_id for t in todo if st.phase(t.state) == "held" and t.job_id]
         if held:
@@ -160,7 +162,7 @@ def cancel(sweep_dir: str | Path) -> int:
     with mf.locked(sweep_dir) as man:
         executor = executor_for(man)
         executor.recover(man, cancel_orphans=True)
-        executor.refresh(man, lambda r: mf.read_trial_files(sweep_dir, r))
+        executor.refresh(man, mf.TrialFiles(man))
         live = [t for t in man.trials.values() if t.job_id and st.phase(t.state) in ("pending", "live", "held", "unknown")]
         for t in live:
             man.update(t, cancelled=True, state="CANCELLED")

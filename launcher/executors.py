@@ -18,6 +18,7 @@ SlurmExecutor (launcher/slurm_executor.py: submitit job arrays).
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -45,7 +46,7 @@ class TrialSpec:
 
 def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
     """A trial's job: the sweep's resolved recipe, W&B grouping, sweep-wide then the trial's own overrides."""
-    sweep_dir = str(man.dir.resolve())
+    sweep_dir = _absolute(man.dir)
     group = f"{man.name}-{man.uid}" if man.uid else man.name  # every launch its own W&B group
     wandb = [f"tracking.group={group}", f"tracking.name={record.id}"]
     return TrialSpec(record.id, f"{sweep_dir}/recipe.yaml", [*wandb, *man.overrides, *record.overrides],
@@ -72,6 +73,11 @@ def submission_env(extra: dict[str, str]) -> Iterator[None]:
         finally:
             os.environ.clear()
             os.environ.update(saved)
+
+
+@functools.lru_cache(maxsize=64)
+def _absolute(path: Path) -> str:
+    return str(path.resolve())
 
 
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}

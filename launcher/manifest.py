@@ -382,7 +382,8 @@ def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
     """The sweep under its lock, read fresh after the lock is taken; changed states are written back (also when
     the block raises: what was done - a job queued - must be recorded)."""
     sweep_dir = Path(sweep_dir)
-    read(sweep_dir)  # a clear error for a dir that is not a sweep, before creating a lock file in it
+    if not (sweep_dir / SWEEP).is_file():
+        read(sweep_dir)  # a clear error for a dir that is not a sweep (or an old one), before a lock file is made
     with lock(sweep_dir):
         man = read(sweep_dir)
         if not (sweep_dir / SWEEP).is_file():
@@ -397,15 +398,32 @@ def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
 
 def read_trial_files(sweep_dir: Path, record: TrialRecord) -> tuple[dict, dict]:
     """(progress, result) written by the trial's engine into its run dir; empty dicts where absent or damaged."""
-    run_dir = Path(sweep_dir) / record.run_dir
+    run_dir = os.path.join(sweep_dir, record.run_dir)
     out: list[dict] = []
     for name in ("progress.json", "result.json"):
         try:
-            value = json.loads((run_dir / name).read_bytes())
+            with open(os.path.join(run_dir, name), "rb") as f:
+                value = json.loads(f.read())
         except (OSError, ValueError):
             value = {}
         out.append(value if isinstance(value, dict) else {})
     return out[0], out[1]
+
+
+class TrialFiles:
+    """Each trial's (progress, result), read at most once per command, and only for trials whose run dir exists
+    (a 100,000-trial sweep that has not started reads one directory listing, not 200,000 missing files)."""
+
+    def __init__(self, man: Manifest):
+        self.dir = man.dir
+        self.present = set(_listdir(man.dir / "trials"))
+        self.cache: dict[str, tuple[dict, dict]] = {}
+
+    def __call__(self, record: TrialRecord) -> tuple[dict, dict]:
+        if record.id not in self.cache:
+            present = record.run_dir != f"trials/{record.id}" or record.id in self.present
+            self.cache[record.id] = read_trial_files(self.dir, record) if present else ({}, {})
+        return self.cache[record.id]
 
 
 def counts(man: Manifest) -> dict[str, int]:
