@@ -55,7 +55,7 @@ def cluster_file(tmp: Path, kind: str) -> Path:
         data = {"name": "here", "executor": "local", "max_parallel": 1}
     else:
         data = yaml.safe_load((REPO / "cluster_configs" / "slurm_local.yaml").read_text())
-        data.update(sbatch={"begin": "now+7days"}, array_parallelism=1000)
+        data.update(additional_parameters={"begin": "now+7days"}, array_parallelism=1000)
     path = tmp / f"cluster-{kind}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -261,7 +261,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Hydra-style `a.b=value` strings -> a nested dict (values parsed as YAML: 3, 1e-3, [1,2], null)."""
     parsed: dict[str, Any] = {}
     for item in overrides:
+        if comma_values(item):
+            raise FtlError(f"override '{item}' lists several values: sweep them with `ftl sweep` (a grid axis), or "
+                           "write a list value in brackets ([a, b])")  # fmt: skip
         key, value = parse_override(item)
+        if key not in _valid_keys():
+            raise FtlError(f"override {item}: unknown key '{key}'{did_you_mean(key, schema_keys())}")
         *parents, leaf = key.split(".")
         node = parsed
         for part in parents:
@@ -269,23 +274,55 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise FtlError(f"override '{item}': {part} is set both as a value and as a section")
         node[leaf] = value
-    _check_keys(parsed, "override")
     return parsed
+
+
+@functools.cache
+def _valid_keys() -> frozenset[str]:
+    keys = schema_keys()
+    return frozenset([*keys, *(k.split(".")[0] for k in keys)])
 
 
 @functools.lru_cache(maxsize=65536)
 def parse_override(item: str) -> tuple[str, Any]:
-    """'optim.lr=1e-3' -> ('optim.lr', 0.001): the value read as YAML (a flow list, null, a number), else text."""
+    """'optim.lr=1e-3' -> ('optim.lr', 0.001): the value read as YAML (a flow list, null, a number), else text.
+    Hydra's `+key=v` / `++key=v` are read as `key=v` (every key of ftl's schema exists); `~key` is refused."""
     key, sep, text = item.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+    key = key.strip()
+    if key.startswith("~"):
+        raise FtlError(f"override '{item}': ~KEY (delete a key) does not apply: every key of ftl's config exists; "
+                       f"set {key[1:]}=null or leave it out")  # fmt: skip
+    key = key.removeprefix("++").removeprefix("+")
+    if not sep or not key or any(not part for part in key.split(".")):
         raise FtlError(f"override '{item}' is not of the form key=value (e.g. optim.lr=1e-3)")
     try:
         value = yaml.load(text, Loader=YamlLoader) if text.strip() else ""
     except yaml.YAMLError:
         value = text  # not YAML: the text itself (a path with odd characters, say)
     if isinstance(value, dict):
-        raise FtlError(f"override '{item}': set the keys one by one ({key.strip()}.KEY=VALUE), not a mapping")
-    return key.strip(), value
+        raise FtlError(f"override '{item}': set the keys one by one ({key}.KEY=VALUE), not a mapping")
+    return key, value
+
+
+def comma_values(item: str) -> list[str] | None:
+    """Hydra's sweep syntax `key=a,b,c` -> ['a', 'b', 'c'] (commas outside brackets and quotes); None otherwise."""
+    key, sep, text = item.partition("=")
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if not sep or not parts:
+        return None
+    return [p.strip() for p in [*parts, text[start:]]]
 
 
 def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig | None = None,
@@ -304,16 +341,22 @@ def build(values: list[dict[str, Any]], source: str = "config", base: DictConfig
     return cfg  # type: ignore[return-value]
 
 
-def validate(cfg: DictConfig, source: str = "config") -> None:
-    """Every rule of core/checks.py (values, rules between keys, names): one FtlError listing every problem."""
+def validate(cfg: DictConfig, source: str = "config", overridden: dict[str, str] | None = None) -> None:
+    """Every rule of core/checks.py (values, rules between keys, names): one FtlError listing every problem. A
+    problem with a key set on the command line (`overridden`: key -> override) is blamed on that override."""
     from core import checks
 
     values = to_dict(cfg)
     problems = [f"{key} is required (set it in the recipe or as {key}=...)" for key in OmegaConf.missing_keys(cfg)]
     problems += [p for p in checks.problems(values) if not (problems and p.startswith("data.train_dir is required"))]
     problems += checks.name_problems(values)
-    if problems:
-        raise FtlError(f"{source}: " + "; ".join(problems))
+    if not problems:
+        return
+    overridden = overridden or {}
+    ours = [p for p in problems if re.match(r"[\w.]+", p) and re.match(r"[\w.]+", p).group(0) in overridden]  # type: ignore[union-attr]
+    theirs = [p for p in problems if p not in ours]
+    parts = ([f"{source}: " + "; ".join(theirs)] if theirs else []) + [f"command line: " + "; ".join(ours)] * bool(ours)
+    raise FtlError(" | ".join(parts))
 
 
 def lr_plan(cfg: DictConfig) -> tuple[float | None, float]:
@@ -327,9 +370,22 @@ def lr_plan(cfg: DictConfig) -> tuple[float | None, float]:
 
 
 def load(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """Load a recipe by name or path, apply `key=value` overrides, validate, and return the Config."""
+    """Load a recipe by name or path, apply `key=value` overrides, validate, and return the Config. An error the
+    recipe causes names the recipe file; one an override causes names the override."""
     path = resolve_recipe(recipe)
-    return build([read_recipe(path), parse_overrides(overrides or [])], source=str(path))
+    cfg = build([read_recipe(path)], source=str(path), check=False)
+    return apply_overrides(cfg, overrides or [], str(path))
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str], source: str) -> DictConfig:
+    """Overrides onto a built config (type errors name the override), then every check (see validate)."""
+    for override in overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, parse_overrides([override]))
+        except OmegaConfBaseException as e:
+            raise FtlError(f"command line {override}: {str(e).splitlines()[0]}") from None
+    validate(cfg, source, {parse_override(o)[0]: o for o in overrides})
+    return cfg
 
 
 def save(cfg: DictConfig, path: str | Path) -> None:

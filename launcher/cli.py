@@ -241,7 +241,8 @@ def parse_classes(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftl", description="ftl, the fine-tune launcher")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (anywhere on the line)")
+    parser.add_argument("--version", action="store_true", help="print ftl's version")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="fine-tune a model from a recipe, or continue a run (resume=RUN_DIR)")
@@ -329,8 +330,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Options anywhere among the overrides (`ftl train demo --run-dir X optim.lr=1e-3`), and --debug / --version
+    anywhere. argparse's intermixed parsing does not work across subcommands, so the verb (and a sub-verb such as
+    `data convert`) is found first and its own parser reads the rest intermixed."""
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    if "--version" in argv:
+        from importlib.metadata import version
+
+        print(f"ftl {version('ftl')}")
+        raise SystemExit(0)
+    current, chain, rest = parser, [], list(argv)
+    while rest and not rest[0].startswith("-"):
+        verbs = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if verbs is None or rest[0] not in verbs.choices:
+            break
+        chain.append(rest.pop(0))
+        current = verbs.choices[chain[-1]]
+    if not chain or any(isinstance(a, argparse._SubParsersAction) for a in current._actions):
+        args = parser.parse_args(argv)  # no verb, --help, or an incomplete one: argparse says what is missing
+    else:
+        args = current.parse_intermixed_args(rest)
+        args.verb = chain[0]
+    args.debug = debug
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except KeyboardInterrupt:

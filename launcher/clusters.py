@@ -1,7 +1,10 @@
 """Cluster configs (cluster_configs/*.yaml): where and how trials run, validated before anything is submitted.
 
 `local` is the embedded default: trials run as subprocesses on this machine, `max_parallel` at a time. A SLURM
-config names the partition and the resources of one trial (nodes x gpus_per_node tasks, one per GPU).
+config names the partition and the resources of one trial (nodes x tasks_per_node tasks, one per GPU by default).
+Keys are submitit's (and hydra-submitit-launcher's) names - timeout_min, max_num_timeout, additional_parameters,
+tasks_per_node, gres, exclude, signal_delay_s ...; ftl's earlier names (time_min, max_requeues, sbatch) are read as
+aliases. Every unknown key is reported at once.
 """
 
 from __future__ import annotations
@@ -32,19 +35,40 @@ class ClusterConfig:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
+    exclude: str | None = None  # nodes to avoid, e.g. "n[3-4]"
+    gres: str | None = None  # generic resources, e.g. "gpu:a100:4" (instead of gpus_per_node)
     nodes: int = 1  # per trial
-    gpus_per_node: int = 0  # one task per GPU; 0: one CPU task per node
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # default: one task per GPU (1 without GPUs)
     cpus_per_task: int = 2
     mem_gb: float = 8
-    time_min: Any = 60  # minutes, or a SLURM time string: "90", "1:00:00", "2-00:00:00" (read as SLURM reads it)
+    timeout_min: Any = 60  # minutes, or a SLURM time string: "90", "1:00:00", "2-00:00:00" (read as SLURM reads it)
+    signal_delay_s: int = 90  # USR2 this long before the time limit: the trial checkpoints and requeues
     array_parallelism: int = 256  # array tasks running at once
-    max_requeues: int = 3  # preemptions / time-outs a trial may survive
+    max_num_timeout: int = 3  # preemptions / time-outs a trial may survive (requeues)
     setup: list[str] = field(default_factory=list)  # shell lines run before each trial (module load ...)
-    sbatch: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {exclusive: true}
+    additional_parameters: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, {begin: now+1h}
     env: dict[str, Any] = field(default_factory=dict)  # environment of the trials (null: take it from the submitter's)
     secrets: list[str] = field(default_factory=list)  # env names never written to disk (also any *KEY/TOKEN/...)
     wandb_mode: str = "offline"  # offline on compute nodes unless the cluster has a network
     python: str | None = None  # interpreter on the nodes (default: the one running ftl)
+
+
+ALIASES = {"time_min": "timeout_min", "max_requeues": "max_num_timeout", "sbatch": "additional_parameters",
+           "time": "timeout_min", "ntasks_per_node": "tasks_per_node", "slurm_partition": "partition",
+           "slurm_additional_parameters": "additional_parameters", "slurm_setup": "setup",
+           "slurm_array_parallelism": "array_parallelism"}  # fmt: skip
+
+
+def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """Aliases (ftl's earlier names, submitit's AutoExecutor slurm_* names) -> the current key names."""
+    return {ALIASES.get(k, k): v for k, v in data.items()}
+
+
+def cluster_from_dict(data: dict[str, Any]) -> ClusterConfig:
+    """A stored cluster config (sweep.json), whatever names the ftl that wrote it used."""
+    known = {f.name for f in dataclasses.fields(ClusterConfig)}
+    return ClusterConfig(**{k: v for k, v in with_current_names(data).items() if k in known})
 
 
 def list_clusters() -> list[str]:
@@ -63,9 +87,13 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
                        f"clusters: {', '.join(list_clusters())} (or a path to a YAML file)")  # fmt: skip
     data = read_yaml_mapping(path, "cluster config")
     valid = [f.name for f in dataclasses.fields(ClusterConfig)]
-    for key in data:
-        if key not in valid:
-            raise FtlError(f"{path}: unknown key '{key}'{did_you_mean(key, valid)}")
+    unknown = [f"'{k}'{did_you_mean(k, [*valid, *ALIASES])}" for k in data if k not in valid and k not in ALIASES]
+    if unknown:
+        raise FtlError(f"{path}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)}")
+    twice = [f"{k} and {ALIASES[k]}" for k in data if k in ALIASES and ALIASES[k] in data]
+    if twice:
+        raise FtlError(f"{path}: {twice[0]} name the same setting; keep one")
+    data = with_current_names(data)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ClusterConfig), data)
     except OmegaConfBaseException as e:
@@ -73,26 +101,29 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
     cluster = ClusterConfig(**OmegaConf.to_container(merged))  # type: ignore[arg-type]
     problems = []
     try:
-        cluster.time_min = slurm_minutes(cluster.time_min)
+        cluster.timeout_min = slurm_minutes(cluster.timeout_min)
     except ValueError as e:
-        problems.append(f"time_min={cluster.time_min!r}: {e}")
-        cluster.time_min = 1
+        problems.append(f"timeout_min={cluster.timeout_min!r}: {e}")
+        cluster.timeout_min = 1
     if cluster.executor not in ("local", "slurm"):
         problems.append(f"executor={cluster.executor!r} must be local or slurm")
     if cluster.wandb_mode not in ("offline", "online", "disabled"):
         problems.append(f"wandb_mode={cluster.wandb_mode!r} must be offline, online or disabled")
-    for key in ("max_parallel", "nodes", "cpus_per_task", "time_min", "array_parallelism"):
+    for key in ("max_parallel", "nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
         if getattr(cluster, key) < 1:
             problems.append(f"{key}={getattr(cluster, key)} must be >= 1")
-    if cluster.gpus_per_node < 0 or cluster.max_requeues < 0:
-        problems.append("gpus_per_node and max_requeues must be >= 0")
+    if cluster.gpus_per_node < 0 or cluster.max_num_timeout < 0 or cluster.signal_delay_s < 0:
+        problems.append("gpus_per_node, max_num_timeout and signal_delay_s must be >= 0")
+    if cluster.tasks_per_node is not None and cluster.tasks_per_node < 1:
+        problems.append(f"tasks_per_node={cluster.tasks_per_node} must be >= 1")
     if problems:
         raise FtlError(f"{path}: " + "; ".join(problems))
     return cluster
 
 
 def tasks_per_node(cluster: ClusterConfig) -> int:
-    return max(cluster.gpus_per_node, 1)
+    """Tasks of a trial on each node: as configured, else one per GPU (one without GPUs)."""
+    return cluster.tasks_per_node or max(cluster.gpus_per_node, 1)
 
 
 def slurm_minutes(value: Any) -> int:

@@ -21,7 +21,7 @@ from core import config as config_lib
 from core.errors import FtlError
 from launcher import manifest as mf
 from launcher import states as st
-from launcher.clusters import ClusterConfig, load_cluster, missing_secrets, public_dict
+from launcher.clusters import ClusterConfig, cluster_from_dict, load_cluster, missing_secrets, public_dict
 from launcher.executors import Executor, create_executor
 from launcher.sweep import Sweep, load_sweep
 
@@ -58,7 +58,7 @@ def check_secrets(cluster: ClusterConfig) -> None:
 
 
 def executor_for(man: mf.Manifest) -> Executor:
-    return create_executor(ClusterConfig(**man.cluster), man.dir)
+    return create_executor(cluster_from_dict(man.cluster), man.dir)
 
 
 def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, overrides: list[str],
@@ -139,7 +139,7 @@ def resume(sweep_dir: str | Path) -> tuple[list[str], str]:
     SLURM, lost); one locked decision, so a second `ftl resume` at the same time finds nothing left to do."""
     sweep_dir = Path(sweep_dir)
     with mf.locked(sweep_dir) as man:
-        cluster = ClusterConfig(**man.cluster)
+        cluster = cluster_from_dict(man.cluster)
         check_secrets(cluster)
         executor = create_executor(cluster, sweep_dir)
         executor.recover(man, cancel_orphans=True)

@@ -80,15 +80,15 @@ class SlurmExecutor(Executor):
         public, _ = job_environment(c)  # the secrets go through sbatch's environment, not the script
         setup = [*c.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in public.items())]
         # one log folder per array (logs/<array id>/<job id>_<task>_log.out): not a directory per trial
-        executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%A", max_num_timeout=c.max_requeues,
+        executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%A", max_num_timeout=c.max_num_timeout,
                                           python=c.python)  # fmt: skip
         params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
-                      mem=f"{int(c.mem_gb * 1024)}M", time=c.time_min, partition=c.partition,
+                      mem=f"{int(c.mem_gb * 1024)}M", time=c.timeout_min, partition=c.partition,
                       array_parallelism=min(c.array_parallelism, array_size), setup=setup, job_name=job_name,
-                      additional_parameters=dict(c.sbatch), signal_delay_s=90)  # fmt: skip
+                      additional_parameters=dict(c.additional_parameters), signal_delay_s=c.signal_delay_s)  # fmt: skip
         if c.gpus_per_node:
             params["gpus_per_node"] = c.gpus_per_node
-        for key in ("account", "qos", "constraint"):
+        for key in ("account", "qos", "constraint", "exclude", "gres"):
             if getattr(c, key):
                 params[key] = getattr(c, key)
         executor.update_parameters(**params)

@@ -150,7 +150,15 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
     seeds = spec.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise FtlError(f"{path}: seeds must be a list of ints, got {seeds!r}")
-    fixed = [*(spec.get("overrides") or []), *(extra_overrides or [])]
+    extra = extra_overrides or []
+    axes = {o.split("=", 1)[0]: values for o in extra if (values := config_lib.comma_values(o))}  # Hydra: a=1,2
+    if axes:
+        grid = spec.get("grid") or {}
+        if not isinstance(grid, dict):
+            raise FtlError(f"{path}: grid must map keys to lists of values")
+        spec = {**spec, "grid": {**grid, **{k: [config_lib.parse_override(f"{k}={v}")[1] for v in vs]
+                                          for k, vs in axes.items()}}}  # fmt: skip
+    fixed = [*(spec.get("overrides") or []), *(o for o in extra if o.split("=", 1)[0] not in axes)]
     blocks = [_grid(spec, path), _zip(spec, path), _random(spec, path), [[f"train.seed={s}"] for s in seeds] or [[]]]
     combos = [sum(parts, []) for parts in itertools.product(*blocks)]
     if spec.get("grid") == {} or not combos:
@@ -201,7 +209,7 @@ def validate(sweep: Sweep) -> None:
     base_key_problems = {f"{sec}.{leaf}": checks.key_problems(f"{sec}.{leaf}", v) for sec, vals in base_values.items()
                          if isinstance(vals, dict) for leaf, v in vals.items()}  # fmt: skip
     typed: dict[str, tuple[str, Any, list[str]]] = {}
-    bad: list[str] = []
+    bad: dict[str, list[Trial]] = {}  # problem -> the trials that have it
     for trial in sweep.trials:
         values, problems, copied, own = dict(base_values), [], set(), set()
         for override in trial.overrides:
@@ -223,11 +231,19 @@ def validate(sweep: Sweep) -> None:
             if sweep.metric not in checks.logged_metrics(values):
                 problems.append(f"metric {sweep.metric!r} is not logged by this trial (it logs "
                                 f"{', '.join(sorted(checks.logged_metrics(values)))})")  # fmt: skip
-        if problems:
-            bad.append(f"trial {trial.id} ({' '.join(trial.overrides) or 'no overrides'}): {'; '.join(problems)}")
+        for problem in problems:
+            bad.setdefault(problem, []).append(trial)
     if bad:
-        more = f"; and {len(bad) - 3} more trials" if len(bad) > 3 else ""
-        raise FtlError(f"{source}: {len(bad)} of {len(sweep.trials)} trials cannot run: " + " | ".join(bad[:3]) + more)
+        n_bad = len({t.id for ts in bad.values() for t in ts})
+        shown = []
+        for problem, trials in list(bad.items())[:3]:
+            first = trials[0]
+            who = "every trial" if len(trials) == len(sweep.trials) else (
+                f"trial {first.id} ({' '.join(first.overrides) or 'no overrides'})"
+                + (f" and {len(trials) - 1} more" if len(trials) > 1 else ""))  # fmt: skip
+            shown.append(f"{problem} [{who}]")
+        more = f"; and {len(bad) - 3} more problems" if len(bad) > 3 else ""
+        raise FtlError(f"{source}: {n_bad} of {len(sweep.trials)} trials cannot run: " + " | ".join(shown) + more)
 
 
 def _typed_override(override: str) -> tuple[str, Any, list[str]]:

@@ -47,7 +47,7 @@ def cluster_yaml(tmp_path: Path, kind: str, **kw) -> Path:
         data = {"name": "here", "executor": "local", "max_parallel": 1, "env": {"OMP_NUM_THREADS": "1"}}
     else:
         data = yaml.safe_load((REPO / "cluster_configs" / "slurm_local.yaml").read_text())
-        data["sbatch"] = {"begin": "now+7days"}  # queued (PENDING, not held), never run: these tests are about the queue
+        data["additional_parameters"] = {"begin": "now+7days"}  # queued (PENDING, not held), never run: these tests are about the queue
     path = tmp_path / f"cluster-{kind}-{len(kw)}.yaml"
     path.write_text(yaml.safe_dump({**data, **kw}))
     return path
@@ -290,7 +290,7 @@ def running_trial(tmp_path, lfw, name: str) -> tuple[Path, mf.TrialRecord]:
     out = tmp_path / name
     path = sweep_yaml(tmp_path, name, 1, lfw / "train", (f"data.val_dir={lfw}/val", "train.epochs=40",
                                                          "train.checkpoint_every_steps=2"))  # fmt: skip
-    cluster = cluster_yaml(tmp_path, "slurm", sbatch={})
+    cluster = cluster_yaml(tmp_path, "slurm", additional_parameters={})
     assert run_ftl("sweep", path, "--cluster", cluster, "--out", out).returncode == 0
     wait_for(lambda: "1 running" in run_ftl("status", out).stdout, 120, "the trial to run")
     return out, next(iter(mf.read(out).trials.values()))
@@ -380,7 +380,7 @@ def test_secrets_never_reach_a_file(slurm, tmp_path, monkeypatch):
     token, from_env = "s3cr3t-token-value", "from-the-environment"
     monkeypatch.setenv("FTL_TEST_FROM_ENV", from_env)
     out = tmp_path / "sw"
-    cluster = cluster_yaml(tmp_path, "slurm", sbatch={}, env={"MY_API_TOKEN": token, "FTL_TEST_FROM_ENV": None},
+    cluster = cluster_yaml(tmp_path, "slurm", additional_parameters={}, env={"MY_API_TOKEN": token, "FTL_TEST_FROM_ENV": None},
                            secrets=["FTL_TEST_FROM_ENV"],
                            setup=['echo "lengths ${#MY_API_TOKEN} ${#FTL_TEST_FROM_ENV}"'])  # fmt: skip
     assert run_ftl("sweep", sweep_yaml(tmp_path, "sec", 1, empty_dataset(tmp_path)), "--cluster", cluster, "--out",
@@ -400,7 +400,7 @@ def test_secrets_never_reach_a_file(slurm, tmp_path, monkeypatch):
 def test_slurm_time_strings_are_read_as_slurm_reads_them(slurm, tmp_path):
     for given, minutes in (("1:00:00", 60), ("2-00:00:00", 2880), (90, 90), ("45:30", 46)):
         out = tmp_path / f"t{minutes}"
-        cluster = cluster_yaml(tmp_path, "slurm", time_min=given)
+        cluster = cluster_yaml(tmp_path, "slurm", timeout_min=given)
         raw = cluster.read_text().replace(f"'{given}'", str(given)) if isinstance(given, str) else cluster.read_text()
         cluster.write_text(raw)  # unquoted in the YAML, as people write it (YAML 1.1 reads 1:00:00 as 3600)
         assert run_ftl("sweep", sweep_yaml(tmp_path, f"t{minutes}", 1, empty_dataset(tmp_path)), "--cluster",

@@ -109,7 +109,7 @@ def test_unknown_partition_and_sbatch_errors_submit_nothing(slurm, lfw, tmp_path
     path = write_sweep(tmp_path, lfw, grid={"optim.lr": [1e-3]})
     proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, partition="nope"), "--out", tmp_path / "a")
     assert proc.returncode == 2 and "partition 'nope' does not exist" in proc.stderr and not (tmp_path / "a").exists()
-    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, sbatch={"gres": "gpu:99"}),
+    proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, additional_parameters={"gres": "gpu:99"}),
                    "--out", tmp_path / "b")  # fmt: skip
     assert proc.returncode == 2 and "sbatch failed: Batch job submission failed" in proc.stderr
     assert not (tmp_path / "b").exists() and "Traceback" not in proc.stderr
@@ -121,7 +121,7 @@ def test_sweep_over_max_array_size_is_split(slurm, lfw, tmp_path):
     path = write_sweep(tmp_path, lfw, name="big", grid=grid)
     out = tmp_path / "sw"
     try:
-        proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, sbatch={"hold": True}), "--out", out)
+        proc = run_ftl("sweep", path, "--cluster", write_cluster(tmp_path, additional_parameters={"hold": True}), "--out", out)
         assert proc.returncode == 0 and "queued 1100 of 1100" in proc.stdout, proc.stderr
         man = mf.read(out)
         arrays: dict[str, int] = {}

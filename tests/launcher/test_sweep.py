@@ -83,7 +83,7 @@ def test_cluster_configs(tmp_path):
 
 @pytest.mark.parametrize(("spec", "pattern"), [
     ({"grid": {"model.name": ["mobilenetv2_100", "resnet5O"], "model.pretrained": [None]}},
-     r"1 of 2 trials cannot run: trial \w+ \(model.name=resnet5O .*\): model.name='resnet5O' is not a timm model"),
+     r"1 of 2 trials cannot run: model.name='resnet5O' is not a timm model.*\[trial \w+ \(model.name=resnet5O "),
     ({"grid": {"train.seed": [0, -1]}}, r"1 of 2 trials cannot run: .*train.seed=-1 must be >= 0"),
     ({"grid": {"finetune.strategy": ["full", "freeze-then-unfreeze"], "finetune.freeze_epochs": [5]}},
      r"finetune.freeze_epochs=5 leaves no unfrozen epoch"),
@@ -125,8 +125,28 @@ def test_slurm_time_strings(tmp_path):
                            ("2-12:30", 3630), ("0-0:0:30", 1)):  # fmt: skip
         assert slurm_minutes(given) == minutes, given
     path = tmp_path / "c.yaml"
-    path.write_text("executor: slurm\ntime_min: 1:00:00\n")  # YAML 1.1 would read 3600 (minutes: 60 hours)
-    assert load_cluster(str(path)).time_min == 60
-    path.write_text("executor: slurm\ntime_min: 1h\n")
-    with pytest.raises(FtlError, match=r"time_min='1h': use minutes or a SLURM time string"):
+    path.write_text("executor: slurm\ntimeout_min: 1:00:00\n")  # YAML 1.1 would read 3600 (minutes: 60 hours)
+    assert load_cluster(str(path)).timeout_min == 60
+    path.write_text("executor: slurm\ntime_min: 2-00:00:00\n")  # ftl's earlier name, an alias
+    assert load_cluster(str(path)).timeout_min == 2880
+    path.write_text("executor: slurm\ntimeout_min: 1h\n")
+    with pytest.raises(FtlError, match=r"timeout_min='1h': use minutes or a SLURM time string"):
+        load_cluster(str(path))
+
+
+def test_cluster_configs_in_submitits_words(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("executor: slurm\nmax_num_timeout: 7\nadditional_parameters: {begin: now}\ntasks_per_node: 3\n"
+                    "gres: gpu:a100:4\nexclude: n3\nsignal_delay_s: 120\n")
+    c = load_cluster(str(path))
+    assert (c.max_num_timeout, c.additional_parameters, c.tasks_per_node, c.gres, c.exclude, c.signal_delay_s) == (
+        7, {"begin": "now"}, 3, "gpu:a100:4", "n3", 120)
+    path.write_text("executor: slurm\nmax_requeues: 2\nsbatch: {hold: true}\n")  # ftl's earlier names
+    c = load_cluster(str(path))
+    assert c.max_num_timeout == 2 and c.additional_parameters == {"hold": True}
+    path.write_text("executor: slurm\npartion: gpu\ntimeout_mn: 5\ngpus: 2\n")
+    with pytest.raises(FtlError, match=r"unknown keys 'partion' \(did you mean: partition.*'timeout_mn' .*'gpus'"):
+        load_cluster(str(path))
+    path.write_text("executor: slurm\ntime_min: 5\ntimeout_min: 6\n")
+    with pytest.raises(FtlError, match=r"time_min and timeout_min name the same setting"):
         load_cluster(str(path))
