@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from core.fileio import write_json_atomic
 from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
 from core.models import build_model, count_params, freeze, set_frozen_bn_eval
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
+from core.progress import RunProgress
 from core.run_dir import plan_run
 from core.tracking import JsonlLogger, truncate_after
 
@@ -299,6 +299,8 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
 
     # --- the loop ---
     metrics: dict[str, float] = dict(state.metrics)  # a resumed finished run reports its last validation
+    progress = RunProgress(run_dir, t.epochs, len(train_loader), d.batch_size * accelerator.num_processes,
+                           accelerator.is_main_process)  # fmt: skip
     stop_flag = torch.zeros(1, device=accelerator.device)
     size, phase = None, None
     while state.epoch < t.epochs:
@@ -313,7 +315,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
         loader = _epoch_loader(accelerator, parts, train_loader, state)
         model.train()
         set_frozen_bn_eval(unwrapped)
-        bar = _progress(len(train_loader), state, t.epochs, accelerator.is_main_process)
+        progress.start_epoch(state.epoch, state.step_in_epoch)
         # the epoch's running loss; a resumed epoch starts from the checkpoint's, so it logs what its twin logs
         loss_sum = torch.tensor(state.loss_sum, device=accelerator.device)
         loss_n, started = state.loss_n, time.perf_counter()
@@ -324,7 +326,6 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
             state.global_step += 1
             loss_sum += loss
             loss_n += 1
-            bar.update(1)
             if not accelerator.sync_gradients:
                 continue  # EMA, logs, checkpoints and stops only happen on update boundaries
             if ema is not None:
@@ -334,14 +335,16 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
                 lr = optimizer.param_groups[-1]["lr"]
                 log({"step": state.global_step, "epoch": state.epoch + 1, "train_loss": train_loss, "lr": lr,
                      "input_px": batch[0].shape[-1]})  # fmt: skip
-                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+                progress.step(state.epoch, state.step_in_epoch, train_loss, lr)
+            else:
+                progress.step(state.epoch, state.step_in_epoch)
             if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
                 state.loss_sum, state.loss_n = loss_sum.item(), loss_n
                 save(state)
             if should_stop is not None:
                 stop_flag.fill_(float(should_stop()))
                 if accelerator.reduce(stop_flag, "max").item():  # every rank stops at the same step
-                    bar.close()
+                    progress.close()
                     state.loss_sum, state.loss_n = loss_sum.item(), loss_n
                     save(state)
                     say(f"ftl: stopped at step {state.global_step} (epoch {state.epoch + 1}); checkpoint saved")
@@ -352,7 +355,6 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
                     if accelerator.is_main_process:
                         write_json_atomic(run_dir / "result.json", result)
                     return result
-        bar.close()
         epoch_time = time.perf_counter() - started
         train_loss = (loss_sum / max(loss_n, 1)).item()
         metrics = evaluate(accelerator, model, val_loader, m.channels_last)
@@ -372,9 +374,7 @@ def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> di
             meta = {**export_meta, "image_size": size, "epoch": state.epoch, "step": state.global_step}
             _export_epoch(run_dir, unwrapped, ema, is_best, meta, metrics)
         save(state)
-        if accelerator.is_main_process:
-            write_json_atomic(run_dir / "progress.json", {"epoch": state.epoch, "epochs": t.epochs,
-                              "best": state.best_metric, "best_epoch": state.best_epoch, **metrics})  # fmt: skip
+        progress.end_epoch(state.epoch, state.best_metric, state.best_epoch, metrics)
         prune = on_epoch_end(state.epoch, metrics) if on_epoch_end and accelerator.is_main_process else False
         if broadcast_object_list([prune])[0] and state.epoch < t.epochs:
             say(f"ftl: early-stopped after epoch {state.epoch}")
@@ -508,10 +508,3 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def _result(status: str, run_dir: Path, state: ckpt.TrainerState, metrics: dict[str, float]) -> dict[str, Any]:
     return {"status": status, "run_dir": str(run_dir), **asdict(state), **metrics}
-
-
-def _progress(total: int, state: ckpt.TrainerState, epochs: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{epochs}",
-                disable=not (enabled and sys.stderr.isatty()), leave=False, dynamic_ncols=True)  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -128,23 +129,85 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launcher.control import progress_line, refresh
+    from launcher.control import progress_line, refresh, wait
 
+    if args.watch:
+        watch(args.sweep_dir, args.poll, 0, args.limit)
+        return 0
     man, rows = refresh(args.sweep_dir)
-    sign = -1 if man.mode == "max" else 1
-    rows.sort(key=lambda r: (r.best is None, sign * (r.best or 0)))
-    print(f"{'trial':10}  {'state':10} {'epoch':>6} {man.metric:>9} {'best':>7}  {'job':>12}  overrides")
-    for r in rows[: args.limit]:
-        metric = f"{r.metric:.4f}" if isinstance(r.metric, float) else "-"
-        best = f"{r.best:.4f}" if isinstance(r.best, float) and r.best > float("-inf") else "-"
-        print(f"{r.id:10}  {r.state:10} {r.epoch:>6} {metric:>9} {best:>7}  {r.job_id:>12}  {r.overrides}")
-    if len(rows) > args.limit:
-        print(f"... {len(rows) - args.limit} more (--limit)")
+    print(plain_table(man, rows, args.limit))
     print(f"ftl: {progress_line(man)}")
     hint = _hint(man, args.sweep_dir)
     if hint:
         print(f"ftl: {hint}")
     return 0
+
+
+def _sorted(man, rows: list) -> list:
+    """Running trials first, then by best metric (best first), then the rest."""
+    sign = -1 if man.mode == "max" else 1
+    return sorted(rows, key=lambda r: (r.state != "RUNNING", r.best is None, sign * (r.best or 0)))
+
+
+def _columns(man, r) -> list[str]:
+    metric = f"{r.metric:.4f}" if isinstance(r.metric, float) else "-"
+    best = f"{r.best:.4f}" if isinstance(r.best, float) and r.best > float("-inf") else "-"
+    speed = f"{r.img_per_s:.0f}" if r.img_per_s is not None else "-"
+    eta = time.strftime("%H:%M:%S", time.gmtime(r.eta_s)) if r.eta_s is not None else "-"
+    return [r.id, r.state, r.epoch, r.step, metric, best, speed, eta, r.job_id, r.overrides]
+
+
+HEADERS = ["trial", "state", "epoch", "step", "METRIC", "best", "img/s", "eta", "job", "overrides"]
+
+
+def plain_table(man, rows: list, limit: int) -> str:
+    head = [h.replace("METRIC", man.metric) for h in HEADERS]
+    cells = [_columns(man, r) for r in _sorted(man, rows)[:limit]]
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head) - 1)] + [0]
+    lines = ["  ".join(f"{c:{w}}" if w else c for c, w in zip(row, widths)).rstrip() for row in [head, *cells]]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more (--limit)")
+    return "\n".join(lines)
+
+
+def rich_table(man, rows: list, limit: int):
+    from rich.table import Table
+
+    from launcher.control import progress_line
+
+    table = Table(title=f"{man.name}: {progress_line(man)}", title_justify="left", expand=False)
+    for header in HEADERS:
+        table.add_column(header.replace("METRIC", man.metric), no_wrap=header != "overrides", overflow="ellipsis",
+                         justify="right" if header in ("METRIC", "best", "img/s", "eta") else "left")  # fmt: skip
+    colours = {"RUNNING": "cyan", "COMPLETED": "green", "FAILED": "red", "LOST": "red", "CANCELLED": "yellow"}
+    for r in _sorted(man, rows)[:limit]:
+        cells = _columns(man, r)
+        cells[1] = f"[{colours.get(r.state, 'white')}]{r.state}[/]"
+        table.add_row(*cells)
+    if len(rows) > limit:
+        table.caption = f"... {len(rows) - limit} more (--limit)"
+    return table
+
+
+def watch(sweep_dir, poll: float, timeout: float, limit: int):
+    """Refresh until every trial is settled: a live table on a terminal, one plain line per change otherwise."""
+    from launcher.control import progress_line, wait
+
+    if sys.stdout.isatty():
+        from rich.live import Live
+
+        with Live(auto_refresh=False) as live:
+            return wait(sweep_dir, poll, timeout, lambda man, rows: live.update(rich_table(man, rows, limit),
+                                                                             refresh=True))  # fmt: skip
+    last = [""]
+
+    def line(man, rows) -> None:
+        text = progress_line(man)
+        if text != last[0]:
+            print(f"ftl: {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+            last[0] = text
+
+    return wait(sweep_dir, poll, timeout, line)
 
 
 def _hint(man, sweep_dir) -> str:
@@ -178,9 +241,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     from launcher import states as st
-    from launcher.control import progress_line, wait
+    from launcher.control import progress_line
 
-    man = wait(args.sweep_dir, args.poll, args.timeout)
+    man = watch(args.sweep_dir, args.poll, args.timeout, args.limit)
     print(f"ftl: {progress_line(man)}")
     best = man.best()
     if best is not None:
@@ -306,10 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(verb, help=text)
         p.add_argument("sweep_dir")
         p.set_defaults(func=func)
-        if verb == "status":
-            p.add_argument("--limit", type=int, default=40, help="rows to show, best first")
-        if verb == "wait":
+        if verb in ("status", "wait"):
+            p.add_argument("--limit", type=int, default=40, help="rows to show: running trials, then best first")
             p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
+        if verb == "status":
+            p.add_argument("--watch", action="store_true", help="refresh a live table until every trial is settled")
+        if verb == "wait":
             p.add_argument("--timeout", type=float, default=7 * 24 * 3600,
                            help="give up after this many seconds (default: 7 days; 0: never)")
 

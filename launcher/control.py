@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -100,11 +101,14 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
 class Row:
     id: str
     state: str
-    epoch: str
+    epoch: str  # "done/total"
     metric: float | None
     best: float | None
     job_id: str
     overrides: str
+    step: str = "-"  # "step/steps" within the running epoch
+    img_per_s: float | None = None
+    eta_s: float | None = None
 
 
 def refresh(sweep_dir: str | Path, recover: bool = True) -> tuple[mf.Manifest, list[Row]]:
@@ -129,8 +133,11 @@ def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
         epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if "epochs" in progress else "-"
         metric = result.get(man.metric, progress.get(man.metric))
         best = progress.get("best") if isinstance(progress.get("best"), (int, float)) else None
+        live = st.phase(t.state) == "live" and "steps_per_epoch" in progress
         rows.append(Row(t.id, t.state, epoch, metric if isinstance(metric, (int, float)) else None, best,
-                        t.job_id or "-", " ".join(t.overrides)))  # fmt: skip
+                        t.job_id or "-", " ".join(t.overrides),
+                        f"{progress.get('step_in_epoch', 0)}/{progress['steps_per_epoch']}" if live else "-",
+                        progress.get("img_per_s") if live else None, progress.get("eta_s") if live else None))  # fmt: skip
     return rows
 
 
@@ -195,33 +202,21 @@ def sync(sweep_dir: str | Path, dry_run: bool = False) -> list[Path]:
 DEFAULT_WAIT_S = 7 * 24 * 3600
 
 
-def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = DEFAULT_WAIT_S) -> mf.Manifest:
-    """Block until every trial is settled (final, held by SLURM, or never submitted), printing progress: a live
-    bar on a terminal, one line per change otherwise. FtlError after timeout_s (None or 0: no limit)."""
-    from tqdm import tqdm
-
-    man, _ = refresh(sweep_dir)
+def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = DEFAULT_WAIT_S,
+         on_update: Callable[[mf.Manifest, list[Row]], None] = lambda man, rows: None) -> mf.Manifest:  # fmt: skip
+    """Refresh every poll_s seconds until every trial is settled (final, held by SLURM, or never submitted),
+    calling on_update after each refresh. FtlError after timeout_s (None or 0: no limit)."""
     start = time.monotonic()
-    tty = sys.stderr.isatty()
-    last = ""
-    with tqdm(total=len(man.trials), desc="trials settled", unit="trial", disable=not tty) as bar:
-        while True:
-            settled = sum(st.is_settled(t.state) for t in man.trials.values())
-            line = progress_line(man)
-            if tty:
-                bar.n = settled
-                bar.set_postfix_str(line, refresh=False)
-                bar.refresh()
-            elif line != last:
-                print(f"ftl: {time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
-                last = line
-            if settled == len(man.trials):
-                return man
-            if timeout_s and time.monotonic() - start > timeout_s:
-                raise FtlError(f"ftl wait: {len(man.trials) - settled} trials not done after {timeout_s:.0f}s "
-                               f"(`ftl status {sweep_dir}`; --timeout 0 waits for ever)")  # fmt: skip
-            time.sleep(poll_s)
-            man, _ = refresh(sweep_dir)
+    while True:
+        man, rows = refresh(sweep_dir)
+        on_update(man, rows)
+        settled = sum(st.is_settled(t.state) for t in man.trials.values())
+        if settled == len(man.trials):
+            return man
+        if timeout_s and time.monotonic() - start > timeout_s:
+            raise FtlError(f"ftl wait: {len(man.trials) - settled} trials not done after {timeout_s:.0f}s "
+                           f"(`ftl status {sweep_dir}`; --timeout 0 waits for ever)")  # fmt: skip
+        time.sleep(poll_s)
 
 
 def progress_line(man: mf.Manifest) -> str:

@@ -1,6 +1,7 @@
 """Real sweeps on the local executor: queue, status, wait, a failing trial, cancel + resume, early stopping."""
 
 import json
+import re
 import time
 
 import pytest
@@ -120,3 +121,24 @@ def test_sweep_bad_input_leaves_nothing(lfw, tmp_path):
     assert proc.returncode == 2 and "is not a sweep dir" in proc.stderr
     proc = run_ftl("sweep", good, "--cluster", "nope", "--out", tmp_path / "x")
     assert proc.returncode == 2 and "unknown cluster 'nope'" in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_live_progress_in_status_and_in_trial_logs(lfw, tmp_path):
+    """A running trial shows its step, images per second and ETA in `ftl status`; its log (not a terminal) gets a
+    step line; `ftl wait` without a terminal prints a line per change."""
+    out = tmp_path / "sw"
+    path = sweep_file(tmp_path, lfw, grid={"optim.lr": [1e-3]})
+    data = yaml.safe_load(path.read_text())
+    data["overrides"] += ["train.epochs=3", "train.log_every_steps=1", "data.batch_size=4"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run_ftl("sweep", path, "--cluster", cluster_file(tmp_path, 1), "--out", out).returncode == 0
+    deadline, seen = time.time() + 300, ""
+    while time.time() < deadline and not seen:
+        rows = [line.split() for line in run_ftl("status", out).stdout.splitlines() if "RUNNING" in line]
+        seen = next((r for r in rows if re.fullmatch(r"\d+/10", r[3]) and re.fullmatch(r"\d+", r[6])), "")
+        time.sleep(0.5)
+    assert seen, "no running trial with a step and img/s"
+    done = run_ftl("wait", out, "--poll", "1", timeout=600)
+    assert done.returncode == 0 and "1 completed" in done.stderr.splitlines()[-1]
+    log = (out / next(iter(mf.read(out).trials.values())).run_dir / "train.log").read_text()
+    assert re.search(r"ftl: epoch 1/3 step \d+/10 loss [\d.]+ lr \S+ \d+ img/s eta \d+:\d\d:\d\d", log), log[-2000:]
