@@ -19,11 +19,11 @@ from omegaconf.errors import OmegaConfBaseException
 # Keys whose value must be one of a few words.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
-    "data.loader": ("torch", "ffcv", "auto"),
+    "data.loader": ("torch", "ffcv", "gpu", "auto"),
     "data.ffcv_decoder": ("ftl", "stock"),
     "data.ffcv_order": ("random", "quasi-random"),
     "schedule.name": ("onecycle", "cosine", "constant"),
-    "train.precision": ("no", "bf16", "fp16"),
+    "train.precision": ("auto", "no", "bf16", "fp16"),
     "finetune.strategy": ("full", "linear-probe", "freeze-then-unfreeze", "gradual"),
     "lr_find.suggestion": ("valley", "minimum", "steepest"),
     "augment.erasing_mode": ("random", "const"),
@@ -145,6 +145,8 @@ def key_problems(key: str, value: Any) -> list[str]:
             image_size_at(value, 0)
         except ValueError as e:
             return [f"data.image_size={value!r}: {e}"]
+    if key in ("model.channels_last", "model.compile") and value not in (True, False, "auto"):
+        return [f"{key}={value!r} must be true, false or auto"]
     if key == "optim.lr_spread" and _number(value) and value < 1:
         return [f"optim.lr_spread={value} must be >= 1 (the stem gets lr / lr_spread)"]
     if key == "optim.layer_decay" and value is not None and not (_number(value) and 0 < value <= 1):

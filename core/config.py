@@ -32,8 +32,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     freeze: str = "none"  # never trained: none | backbone | a module name (up to and including it, e.g. blocks.3)
     act_layer: str | None = None  # swap the activation where the architecture takes one (mish, leaky_relu, ...)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model
+    channels_last: Any = "auto"  # true | false | auto (on for CUDA)
+    compile: Any = "auto"  # torch.compile the forward pass: true | false | auto (CUDA, runs of >= 500 updates)
+    compile_backend: str = "inductor"  # torch.compile's backend (inductor; aot_eager traces without generating code)
 
 
 @dataclass
@@ -47,7 +48,7 @@ class DataConfig:
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # default: 2 x batch_size
     num_workers: int = 2  # torch: DataLoader worker processes; ffcv: decode threads
-    loader: str = "torch"  # torch | ffcv | auto (ffcv when installed and the .beton files exist)
+    loader: str = "torch"  # torch | ffcv | gpu (nvJPEG on a CUDA GPU) | auto (the fastest the data and device allow)
     ffcv_decoder: str = "ftl"  # ftl (crop inside the JPEG decode) | stock (FFCV's own decoders)
     ffcv_order: str = "random"  # random (OS page cache, sharded over ranks) | quasi-random (larger than RAM)
     ffcv_os_cache: bool = True  # false: FFCV's process cache (with quasi-random)
@@ -119,7 +120,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 5
-    precision: str = "no"  # no | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | no | bf16 | fp16
     grad_accum_steps: int = 1
     clip_grad_norm: float | None = None
     seed: int = 0

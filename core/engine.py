@@ -1,13 +1,17 @@
-"""The training engine: `fit(cfg, run_dir)` trains and validates; `evaluate` measures loss / top-1 / top-5.
+"""The training engine in torchtune's recipe shape: `FineTune(cfg).setup(run_dir)` builds each piece with a small
+builder (data, network, speed settings, optimizer, schedule, run dir, tracking), `train()` is the loop you read top
+to bottom, `cleanup()` releases the processes' state. `fit(cfg, run_dir)` does the three; `evaluate` measures loss /
+top-1 / top-5.
 
-Accelerate owns devices, mixed precision, gradient accumulation and DDP; the same code runs as one CPU process,
-as 2 processes under torchrun, or on a node of GPUs. Everything a user can get wrong (data, model, weights,
-output dir) is checked before the run dir is written.
+Accelerate owns devices, mixed precision, gradient accumulation and DDP; the same code runs as one CPU process, as
+2 processes under torchrun, or on a node of GPUs. The plain module (`self.module`) is the handle for names, phases,
+EMA, checkpoints and exports; the DDP-wrapped one (`self.model`) for gradient sync; `self.forward` - the
+`torch.compile`d form when model.compile is on - only computes outputs, so compiling never renames a parameter.
+Everything a user can get wrong (data, model, weights, output dir) is checked before the run dir is written.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -25,11 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from core import checkpoint as ckpt
 from core import config as config_lib
 from core import lr_finder
-from core.config import AugmentConfig
-from core.data.datasets import DataSplits, build_datasets, build_loaders
+from core.data.loaders import DataSource, build_loaders, open_data
 from core.data.resize import image_size_at
-from core.data.transforms import augment_config, batch_mixer, eval_transform, train_transform
-from core.errors import FtlError
+from core.data.transforms import augment_config, batch_mixer
 from core.fileio import write_json_atomic
 from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
 from core.models import build_model, count_params, freeze, set_frozen_bn_eval
@@ -37,6 +39,9 @@ from core.optim import PhasedSchedule, create_optimizer, param_group_table
 from core.progress import RunProgress
 from core.run_dir import plan_run
 from core.tracking import JsonlLogger, truncate_after
+
+COMPILE_MIN_UPDATES = 500  # model.compile=auto compiles (on CUDA) runs of at least this many optimizer updates
+STOP_POLL_UPDATES = 16  # several processes: agree on a stop request every this many updates (a collective)
 
 
 def create_accelerator(precision: str, grad_accum_steps: int, seed: int, find_unused: bool = False):
@@ -46,7 +51,8 @@ def create_accelerator(precision: str, grad_accum_steps: int, seed: int, find_un
         mixed_precision=precision,
         gradient_accumulation_steps=grad_accum_steps,
         # A seedable sampler makes the shuffle order a function of (seed, epoch): needed for mid-epoch resume.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+        # Batches reach the device with non-blocking copies from pinned memory.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed, non_blocking=True),
         step_scheduler_with_optimizer=False,  # the schedule is stepped by hand, once per update
         # Phases freeze stages after DDP wrapping: DDP must then expect parameters without gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused),
@@ -64,15 +70,16 @@ def release_accelerator() -> None:
 
 
 def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_grad_norm: float | None,
-               channels_last: bool = False, mixer: Callable | None = None):  # fmt: skip
-    """One micro-batch: (mix,) forward, backward, and on accumulation boundaries clip + optimizer step + LR step."""
+               channels_last: bool = False, mixer: Callable | None = None, forward: Callable | None = None):  # fmt: skip
+    """One micro-batch: (mix,) forward, backward, and on accumulation boundaries clip + optimizer step + LR step.
+    `model` is the (DDP-wrapped) module gradients sync through; `forward` computes outputs (default: model)."""
     images, targets = batch
     if mixer is not None and len(images) % 2 == 0:  # timm's batch Mixup pairs samples: needs an even batch
         images, targets = mixer(images, targets)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with accelerator.accumulate(model):
-        loss = loss_fn(model(images), targets)
+        loss = loss_fn((model if forward is None else forward)(images), targets)
         accelerator.backward(loss)
         if accelerator.sync_gradients and clip_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
@@ -86,8 +93,8 @@ def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_gra
 @torch.no_grad()
 def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[str, float]:
     """Mean loss, top-1 and top-5 over the whole loader, from every rank (so every rank agrees). Accelerate's
-    loaders pad the last batches (gather_for_metrics drops the padding); FFCV loaders shard exactly, with shards
-    that may differ in length, so each rank sums its own and the sums are added once at the end."""
+    loaders pad the last batches (gather_for_metrics drops the padding); FFCV and GPU loaders shard exactly, with
+    shards that may differ in length, so each rank sums its own and the sums are added once at the end."""
     model.eval()
     exact = getattr(loader, "exact_shards", False)
     sums = torch.zeros(4, device=accelerator.device)  # loss, top-1 hits, top-5 hits, samples
@@ -109,73 +116,6 @@ def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[st
     return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n, "val_n": int(sums[3].item())}
 
 
-@dataclass
-class Parts:
-    """Everything built from the config before training; building it raises every user-fixable error."""
-
-    model: torch.nn.Module
-    source: str  # where the weights came from
-    loader: str  # torch | ffcv
-    classes: list[str]
-    sizes: tuple[int, int]  # train / val images
-    splits: DataSplits | None  # the torch path's datasets
-    ffcv_split: tuple | None  # the FFCV path's (train beton, indices, val beton, indices)
-    stages: list[list[str]]  # parameter names per coarse stage (stem .. head)
-    always_frozen: set[str]  # frozen by model.freeze, never trained
-    phases: list[Phase]
-    optimizer: torch.optim.Optimizer
-    mean: list[float]
-    std: list[float]
-    augment: AugmentConfig
-
-
-def build_parts(cfg: DictConfig, say: Callable[[str], None] = print) -> Parts:
-    from core.data.beton import choose_loader
-
-    d, m, t, f = cfg.data, cfg.model, cfg.train, cfg.finetune
-    loader = choose_loader(d, say)
-    splits = ffcv_split = None
-    if loader == "torch":
-        splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, t.seed)
-        classes, sizes = splits.classes, (len(splits.train), len(splits.val))
-    else:
-        from core.data.ffcv_loader import open_split
-
-        ffcv_split = train, t_idx, _, v_idx = open_split(d, t.seed)
-        classes, sizes = train.classes, (len(t_idx), len(v_idx))
-        if d.num_classes is not None and d.num_classes != len(classes):
-            raise FtlError(f"data.num_classes={d.num_classes} but {train.path} has {len(classes)} classes")
-    model, source = build_model(m.name, len(classes), m.pretrained, m.head, m.head_hidden, m.head_dropout,
-                                m.drop_path_rate, m.act_layer)  # fmt: skip
-    freeze(model, m.freeze, f.train_bn)
-    always_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    stages = stage_groups(model)
-    phases = plan_phases(f.strategy, t.epochs, len(stages), f.freeze_epochs, f.unfreeze_every)
-    peak, spread = config_lib.lr_plan(cfg)
-    o = cfg.optim
-    optimizer = create_optimizer(model, o.name, peak or 1e-3, o.weight_decay, o.momentum, stages, spread,
-                                 o.layer_decay, o.no_decay_norm_bias)  # fmt: skip
-    mean = list(d.mean or model.pretrained_cfg["mean"])
-    std = list(d.std or model.pretrained_cfg["std"])
-    augment = augment_config(cfg.augment)
-    if splits is not None:
-        splits.train.transform = train_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, augment)
-        splits.val.transform = eval_transform(image_size_at(d.image_size, 0, t.epochs), mean, std, d.crop_pct)
-    return Parts(model, source, loader, classes, sizes, splits, ffcv_split, stages, always_frozen, phases, optimizer,
-                 mean, std, augment)  # fmt: skip
-
-
-def set_image_size(parts: Parts, loaders: tuple, size: int, crop_pct: float) -> None:
-    """Progressive resizing. torch: new transforms take effect in the next epoch's (freshly started) loader
-    workers; ffcv: the decoders' output size, read when the next epoch allocates its buffers."""
-    if parts.splits is None:
-        for loader in loaders:
-            loader.set_image_size(size)
-        return
-    parts.splits.train.transform = train_transform(size, parts.mean, parts.std, parts.augment)
-    parts.splits.val.transform = eval_transform(size, parts.mean, parts.std, crop_pct)
-
-
 def make_loss(label_smoothing: float) -> Callable:
     """Cross-entropy for class targets (with label smoothing) and for MixUp/CutMix soft targets."""
     from timm.loss import SoftTargetCrossEntropy
@@ -184,240 +124,97 @@ def make_loss(label_smoothing: float) -> Callable:
     return lambda logits, targets: soft(logits, targets) if targets.ndim == 2 else hard(logits, targets)
 
 
-def prepare(accelerator, cfg: DictConfig, parts: Parts):
-    """Loaders, channels_last / compile, and Accelerate's prepare (DDP wrapping happens here). FFCV loaders shard
-    by rank themselves and are not given to Accelerate."""
-    d, m = cfg.data, cfg.model
-    model = parts.model
-    if m.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if m.compile:
-        model = torch.compile(model)
-    if parts.loader == "ffcv":
-        from core.data.ffcv_loader import build_ffcv_loaders
-
-        size = image_size_at(d.image_size, 0, cfg.train.epochs)
-        train_loader, val_loader = build_ffcv_loaders(d, parts.ffcv_split, cfg.train.seed, parts.augment, parts.mean,
-                                                      parts.std, size, accelerator.device, accelerator.process_index,
-                                                      accelerator.num_processes, m.channels_last)  # fmt: skip
-        model, optimizer = accelerator.prepare(model, parts.optimizer)
-        return model, optimizer, train_loader, val_loader
-    train_loader, val_loader = build_loaders(parts.splits, d.batch_size, d.eval_batch_size, d.num_workers,
-                                             cfg.train.seed, pin_memory=accelerator.device.type == "cuda")  # fmt: skip
-    return accelerator.prepare(model, parts.optimizer, train_loader, val_loader)
-
-
-def fit(
-    cfg: DictConfig,
-    run_dir: str | Path | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None,
-) -> dict[str, Any]:
-    """Train cfg to the end; returns the run's result. should_stop() is polled after every update: when true, a
-    checkpoint is saved and the run returns 'interrupted' (resume continues it). on_epoch_end(epoch, metrics) is
-    called on the main process after each validation: when it returns true the run ends 'pruned' (early stopping)."""
-    config_lib.validate(cfg)
-    accelerator = create_accelerator(cfg.train.precision, cfg.train.grad_accum_steps, cfg.train.seed,
-                                     find_unused=cfg.finetune.strategy != "full")  # fmt: skip
-    try:
-        return _fit(accelerator, cfg, run_dir, should_stop, on_epoch_end)
-    finally:
-        accelerator.end_training()
-        release_accelerator()
-
-
-def seed_everything(cfg: DictConfig) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
     from accelerate.utils import set_seed
 
-    if cfg.train.deterministic:
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    set_seed(cfg.train.seed, deterministic=cfg.train.deterministic)
+    set_seed(seed, deterministic=deterministic)
 
 
-def _fit(accelerator, cfg: DictConfig, run_dir, should_stop, on_epoch_end) -> dict[str, Any]:
-    from accelerate.utils import broadcast_object_list
-    from timm.utils import ModelEmaV3
-
-    say = accelerator.print
-    d, m, t = cfg.data, cfg.model, cfg.train
-    seed_everything(cfg)
-
-    # --- setup: every user-fixable problem surfaces here, before anything is written ---
-    parts = build_parts(cfg, say)
-    plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir)
-                                  if accelerator.is_main_process else None])[0]  # fmt: skip
-    run_dir = plan.run_dir
-    model, optimizer, train_loader, val_loader = prepare(accelerator, cfg, parts)
-    unwrapped = accelerator.unwrap_model(model)
-    loss_fn = make_loss(cfg.augment.label_smoothing)
-    peak, _ = config_lib.lr_plan(cfg)
-    if peak is None and (run_dir / "lr_find.json").is_file() and plan.resuming:
-        peak = json.loads((run_dir / "lr_find.json").read_text())["chosen"]
-    elif peak is None:  # optim.lr: auto
-        peak = _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir)
-    updates_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
-    s = cfg.schedule
-    schedule = PhasedSchedule(optimizer, s.name, peak, [p.epochs * updates_per_epoch for p in parts.phases],
-                              updates_per_epoch, s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
-    ema = ModelEmaV3(unwrapped, decay=t.ema_decay) if t.ema else None
-    mixer = batch_mixer(parts.augment, len(parts.classes))
-    state = ckpt.TrainerState()
-    if plan.checkpoint is not None:  # every file was verified against its checksum by plan_run
-        state = ckpt.load_checkpoint(accelerator, plan.checkpoint, unwrapped, optimizer, schedule, ema)
-
-    # --- the run dir: written only now that every check passed ---
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.save(cfg, run_dir / "config.yaml")
-        set_aside(plan.set_aside)
-        truncate_after(run_dir / "metrics.jsonl", state.global_step)
-    accelerator.wait_for_everyone()
-    logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=accelerator.is_main_process)
-    wandb_run = (_wandb_tracker(cfg, run_dir, state.global_step if plan.checkpoint else 0)
-                 if cfg.tracking.wandb and accelerator.is_main_process else None)  # fmt: skip
-
-    def log(record: dict[str, Any]) -> None:
-        logger.log(record)
-        if wandb_run is not None:
-            wandb_run.log(record, step=record["step"])
-
-    def save(state: ckpt.TrainerState) -> None:
-        ckpt.save_checkpoint(accelerator, run_dir, state, t.keep_checkpoints, unwrapped, optimizer, schedule, ema)
-    export_meta = {"model": m.name, "classes": parts.classes, "num_classes": len(parts.classes),
-                   "head": m.head, "mean": parts.mean, "std": parts.std, "config": OmegaConf.to_container(cfg)}  # fmt: skip
-
-    say(f"ftl: model {m.name} from {parts.source}")
-    say(f"ftl: data {parts.sizes[0]} train / {parts.sizes[1]} val images, {len(parts.classes)} classes, "
-        f"{parts.loader} loader; {accelerator.num_processes} process(es) on {accelerator.device.type}, "
-        f"precision {t.precision}")  # fmt: skip
-    names = {id(p): n for n, p in unwrapped.named_parameters()}
-    say("ftl: parameter groups\n" + param_group_table(optimizer, names))
-    resumed = f" (resuming {plan.checkpoint.name}, epoch {state.epoch + 1})" if plan.checkpoint else ""
-    if state.epoch >= t.epochs:
-        resumed = f" (finished at {plan.checkpoint.name}: its result as it ended)"  # type: ignore[union-attr]
-    say(f"ftl: run dir {run_dir}" + (resumed or " (no complete checkpoint: from the beginning)" * plan.resuming))
-
-    # --- the loop ---
-    metrics: dict[str, float] = dict(state.metrics)  # a resumed finished run reports its last validation
-    progress = RunProgress(run_dir, t.epochs, len(train_loader), d.batch_size * accelerator.num_processes,
-                           accelerator.is_main_process)  # fmt: skip
-    stop_flag = torch.zeros(1, device=accelerator.device)
-    size, phase = None, None
-    while state.epoch < t.epochs:
-        if phase != (new_phase := parts.phases[phase_at(parts.phases, state.epoch)]):
-            phase = new_phase
-            apply_phase(unwrapped, parts.stages, phase, parts.always_frozen, cfg.finetune.train_bn)
-            say(f"ftl: epoch {state.epoch + 1}: stages {phase.first_trainable_stage}..{len(parts.stages) - 1} of "
-                f"0..{len(parts.stages) - 1} train; {count_params(unwrapped)}")  # fmt: skip
-        if size != (new := image_size_at(d.image_size, state.epoch, t.epochs)):
-            size = new
-            set_image_size(parts, (train_loader, val_loader), size, d.crop_pct)
-        loader = _epoch_loader(accelerator, parts, train_loader, state)
-        model.train()
-        set_frozen_bn_eval(unwrapped)
-        progress.start_epoch(state.epoch, state.step_in_epoch)
-        # the epoch's running loss; a resumed epoch starts from the checkpoint's, so it logs what its twin logs
-        loss_sum = torch.tensor(state.loss_sum, device=accelerator.device)
-        loss_n, started = state.loss_n, time.perf_counter()
-        for batch in loader:
-            loss = train_step(accelerator, model, batch, loss_fn, optimizer, schedule, t.clip_grad_norm,
-                              m.channels_last, mixer)  # fmt: skip
-            state.step_in_epoch += 1
-            state.global_step += 1
-            loss_sum += loss
-            loss_n += 1
-            if not accelerator.sync_gradients:
-                continue  # EMA, logs, checkpoints and stops only happen on update boundaries
-            if ema is not None:
-                ema.update(unwrapped, step=schedule.updates)
-            if state.global_step % t.log_every_steps == 0:
-                train_loss = (loss_sum / loss_n).item()  # a device sync: only every log_every_steps
-                lr = optimizer.param_groups[-1]["lr"]
-                log({"step": state.global_step, "epoch": state.epoch + 1, "train_loss": train_loss, "lr": lr,
-                     "input_px": batch[0].shape[-1]})  # fmt: skip
-                progress.step(state.epoch, state.step_in_epoch, train_loss, lr)
-            else:
-                progress.step(state.epoch, state.step_in_epoch)
-            if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
-                state.loss_sum, state.loss_n = loss_sum.item(), loss_n
-                save(state)
-            if should_stop is not None:
-                stop_flag.fill_(float(should_stop()))
-                if accelerator.reduce(stop_flag, "max").item():  # every rank stops at the same step
-                    progress.close()
-                    state.loss_sum, state.loss_n = loss_sum.item(), loss_n
-                    save(state)
-                    say(f"ftl: stopped at step {state.global_step} (epoch {state.epoch + 1}); checkpoint saved")
-                    logger.close()
-                    if wandb_run is not None:
-                        wandb_run.finish()
-                    result = _result("interrupted", run_dir, state, metrics)
-                    if accelerator.is_main_process:
-                        write_json_atomic(run_dir / "result.json", result)
-                    return result
-        epoch_time = time.perf_counter() - started
-        train_loss = (loss_sum / max(loss_n, 1)).item()
-        metrics = evaluate(accelerator, model, val_loader, m.channels_last)
-        if ema is not None:
-            metrics.update({f"val_ema_{k[4:]}": v for k, v in evaluate(accelerator, ema.module, val_loader).items()})
-        state.epoch += 1
-        state.step_in_epoch, state.loss_sum, state.loss_n, state.metrics = 0, 0.0, 0, metrics
-        is_best = metrics["val_top1"] > state.best_metric
-        if is_best:
-            state.best_metric, state.best_epoch = metrics["val_top1"], state.epoch
-        log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "image_size": size,
-             "epoch_time_s": round(epoch_time, 3), **metrics})  # fmt: skip
-        say(f"ftl: epoch {state.epoch}/{t.epochs} train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
-            f"top1 {metrics['val_top1']:.4f} top5 {metrics['val_top5']:.4f}"
-            + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if ema is not None else "") + f" ({epoch_time:.1f}s)")  # fmt: skip
-        if accelerator.is_main_process:
-            meta = {**export_meta, "image_size": size, "epoch": state.epoch, "step": state.global_step}
-            _export_epoch(run_dir, unwrapped, ema, is_best, meta, metrics)
-        save(state)
-        progress.end_epoch(state.epoch, state.best_metric, state.best_epoch, metrics)
-        prune = on_epoch_end(state.epoch, metrics) if on_epoch_end and accelerator.is_main_process else False
-        if broadcast_object_list([prune])[0] and state.epoch < t.epochs:
-            say(f"ftl: early-stopped after epoch {state.epoch}")
-            status = "pruned"
-            break
-    else:
-        status = "completed"
-    logger.close()
-    result = {**_result(status, run_dir, state, metrics), "weights_digest": weights_digest(unwrapped)}
-    if accelerator.is_main_process:
-        write_json_atomic(run_dir / "result.json", result)
-    if wandb_run is not None:
-        _wandb_media(cfg, wandb_run, unwrapped, parts, val_loader, run_dir, state.global_step, accelerator.device)
-        wandb_run.finish()
-    return result
+# ---------------------------------------------------------------- builders
 
 
-def _epoch_loader(accelerator, parts: Parts, train_loader, state: ckpt.TrainerState):
-    """The training loader set to the epoch, past the batches a resumed epoch already consumed."""
-    train_loader.set_epoch(state.epoch)
-    if parts.splits is not None:
-        parts.splits.train.set_epoch(state.epoch)
-    if not state.step_in_epoch:
-        return train_loader
-    if parts.splits is None:
-        train_loader.skip_batches(state.step_in_epoch)
-        return train_loader
-    return accelerator.skip_first_batches(train_loader, state.step_in_epoch)
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """train.precision: auto -> bf16 on a GPU that has it, fp16 (with a grad scaler) on one without, fp32 on CPU.
+    Returns (the precision, why)."""
+    if precision != "auto":
+        return precision, "as set"
+    from accelerate import PartialState
+
+    if PartialState().device.type != "cuda":
+        return "no", "auto: fp32 on CPU"
+    if torch.cuda.is_bf16_supported():
+        return "bf16", "auto: the GPU supports bf16"
+    return "fp16", "auto: no bf16 on this GPU, fp16 with a grad scaler"
 
 
-def _export_epoch(run_dir: Path, model, ema, is_best: bool, meta: dict[str, Any], metrics: dict[str, float]) -> None:
-    """export/last (and best, and ema) safetensors with model.json, after an epoch (main process)."""
-    names = [("last", model)] + [("best", model)] * is_best + ([("ema", ema.module)] if ema is not None else [])
-    for name, weights in names:
-        ckpt.export_weights(weights, run_dir / "export", name, {**meta, "metrics": metrics})
+@dataclass
+class Speed:
+    """channels_last and torch.compile, resolved for this device and run length, with the reason printed."""
+
+    channels_last: bool
+    compile: bool
+    note: str
 
 
-def _wandb_tracker(cfg: DictConfig, run_dir: Path, resume_step: int):
+def resolve_speed(channels_last: Any, compile_: Any, device: torch.device, updates: int) -> Speed:
+    """model.channels_last: auto -> on for CUDA; model.compile: auto -> on for CUDA when the run has at least
+    COMPILE_MIN_UPDATES optimizer updates (compiling takes ~a minute; a shorter run would not earn it back).
+    An explicit true/false always wins."""
+    cuda = device.type == "cuda"
+    cl = cuda if channels_last == "auto" else bool(channels_last)
+    co = (cuda and updates >= COMPILE_MIN_UPDATES) if compile_ == "auto" else bool(compile_)
+    why_cl = f"auto: {'CUDA' if cuda else device.type}" if channels_last == "auto" else "as set"
+    why_co = (f"auto: {'CUDA' if cuda else device.type}, {updates:,} updates "
+              f"{'>=' if updates >= COMPILE_MIN_UPDATES else '<'} {COMPILE_MIN_UPDATES}") if compile_ == "auto" else "as set"  # fmt: skip
+    note = f"channels_last {'on' if cl else 'off'} ({why_cl}), compile {'on' if co else 'off'} ({why_co})"
+    return Speed(cl, co, note)
+
+
+@dataclass
+class Network:
+    """The model and how it trains: its coarse stages, the fine-tune phases, what stays frozen."""
+
+    module: torch.nn.Module
+    source: str  # where the weights came from
+    stages: list[list[str]]
+    phases: list[Phase]
+    always_frozen: set[str]
+
+
+def build_network(m: Any, f: Any, epochs: int, num_classes: int) -> Network:
+    """A timm model with its weights and head (core/models.py), frozen as model.freeze says, and its phase plan."""
+    module, source = build_model(m.name, num_classes, m.pretrained, m.head, m.head_hidden, m.head_dropout,
+                                 m.drop_path_rate, m.act_layer)  # fmt: skip
+    freeze(module, m.freeze, f.train_bn)
+    always_frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    stages = stage_groups(module)
+    phases = plan_phases(f.strategy, epochs, len(stages), f.freeze_epochs, f.unfreeze_every)
+    return Network(module, source, stages, phases, always_frozen)
+
+
+def build_optimizer(net: Network, o: Any, peak: float | None, spread: float) -> torch.optim.Optimizer:
+    return create_optimizer(net.module, o.name, peak or 1e-3, o.weight_decay, o.momentum, net.stages, spread,
+                            o.layer_decay, o.no_decay_norm_bias)  # fmt: skip
+
+
+def build_schedule(optimizer, s: Any, peak: float, phases: list[Phase], updates_per_epoch: int) -> PhasedSchedule:
+    return PhasedSchedule(optimizer, s.name, peak, [p.epochs * updates_per_epoch for p in phases], updates_per_epoch,
+                          s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
+
+
+def build_tracking(cfg: DictConfig, run_dir: Path, main: bool, resume_step: int):
+    """metrics.jsonl always; a W&B run (main process) when tracking.wandb."""
+    logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=main)
+    if not (cfg.tracking.wandb and main):
+        return logger, None
     from core.tracking import WandbTracker
 
     tr = cfg.tracking
-    return WandbTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), tr.project, tr.entity, tr.group,  # type: ignore[arg-type]
-                        tr.name, tr.job_type, list(tr.tags), tr.run_id, resume_step)  # fmt: skip
+    run = WandbTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), tr.project, tr.entity, tr.group,  # type: ignore[arg-type]
+                       tr.name, tr.job_type, list(tr.tags), tr.run_id, resume_step)  # fmt: skip
+    return logger, run
 
 
 def set_aside(checkpoints: list[Path]) -> None:
@@ -426,73 +223,327 @@ def set_aside(checkpoints: list[Path]) -> None:
         path.rename(path.with_name(f"set_aside_{path.name}"))
 
 
-@torch.no_grad()
-def _wandb_media(cfg: DictConfig, run, model, parts: Parts, val_loader, run_dir: Path, step: int, device) -> None:
-    """The LR-finder plot, the augmentation preview, a table of validation samples with predictions, and
-    (optionally) the best weights."""
-    from core.preview import augment_grid
-
-    if (run_dir / "lr_find.png").is_file():
-        run.log_image("lr_find", run_dir / "lr_find.png", step)
-    run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
-    n = min(cfg.tracking.log_samples, parts.sizes[1])
-    if n:
-        model.eval()
-        if parts.splits is not None:
-            images = torch.stack([parts.splits.val[i][0] for i in range(n)])
-            labels = [parts.splits.val.samples[i][1] for i in range(n)]
-        else:  # the FFCV loader: the first validation batch(es)
-            batches = list(itertools.islice(val_loader, math.ceil(n / val_loader.batch_size)))
-            images = torch.cat([x.cpu() for x, _ in batches])[:n]
-            labels = torch.cat([y.cpu() for _, y in batches])[:n].tolist()
-        probs = model(images.to(device)).float().softmax(-1).cpu()
-        mean, std = torch.tensor(parts.mean).view(3, 1, 1), torch.tensor(parts.std).view(3, 1, 1)
-        classes = parts.classes
-        rows = [[run.wandb.Image((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()),
-                 classes[label], classes[int(p.argmax())], float(p.max())]
-                for img, label, p in zip(images, labels, probs)]  # fmt: skip
-        run.log_table("val_samples", ["image", "label", "prediction", "confidence"], rows, step)
-    if cfg.tracking.log_model and (run_dir / "export" / "best.safetensors").is_file():
-        run.log_artifact(run_dir / "export" / "best.safetensors", f"{run_dir.name}-best")
+# ---------------------------------------------------------------- the recipe
 
 
-def _auto_lr(accelerator, cfg, model, optimizer, train_loader, loss_fn, run_dir: Path) -> float:
-    """optim.lr: auto - run the LR finder (model and optimizer restored after), keep its plot and choice."""
-    lf = cfg.lr_find
-    train_loader.set_epoch(0)
-    result = lr_finder.lr_range_test(accelerator, model, optimizer, train_loader, loss_fn, lf.start_lr, lf.end_lr,
-                                     lf.num_steps)  # fmt: skip
-    chosen = lr_finder.choose(result, lf.suggestion)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lr_finder.save(result, run_dir, mark=lf.suggestion)
-        data = json.loads((run_dir / "lr_find.json").read_text())
-        write_json_atomic(run_dir / "lr_find.json", {**data, "chosen": chosen})
-    accelerator.print(f"ftl: optim.lr=auto -> {lf.suggestion} {chosen:.2e} (plot: {run_dir / 'lr_find.png'})")
-    return chosen
+def fit(cfg: DictConfig, run_dir: str | Path | None = None, should_stop: Callable[[], bool] | None = None,
+        on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train cfg to the end; returns the run's result. should_stop() is polled at updates: when true, a checkpoint
+    is saved and the run returns 'interrupted' (resume continues it). on_epoch_end(epoch, metrics) is called on the
+    main process after each validation: when it returns true the run ends 'pruned' (early stopping)."""
+    config_lib.validate(cfg)
+    run = FineTune(cfg, should_stop, on_epoch_end)
+    try:
+        run.setup(run_dir)
+        return run.train()
+    finally:
+        run.cleanup()
+
+
+class FineTune:
+    """One fine-tuning run: setup() builds, train() loops, cleanup() releases."""
+
+    def __init__(self, cfg: DictConfig, should_stop: Callable[[], bool] | None = None,
+                 on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None):  # fmt: skip
+        self.cfg, self.should_stop, self.on_epoch_end = cfg, should_stop, on_epoch_end
+        self.precision, self.precision_note = resolve_precision(cfg.train.precision)
+        self.accelerator = create_accelerator(self.precision, cfg.train.grad_accum_steps, cfg.train.seed,
+                                              find_unused=cfg.finetune.strategy != "full")  # fmt: skip
+        self.say = self.accelerator.print
+        self.main = self.accelerator.is_main_process
+
+    def setup(self, run_dir: str | Path | None) -> None:
+        from accelerate.utils import broadcast_object_list
+        from timm.utils import ModelEmaV3
+
+        cfg, acc = self.cfg, self.accelerator
+        d, m, t = cfg.data, cfg.model, cfg.train
+        seed_everything(t.seed, t.deterministic)
+        # every user-fixable problem surfaces here, before anything is written
+        self.data: DataSource = open_data(d, t.seed, acc.device, self.say)
+        self.net = build_network(m, cfg.finetune, t.epochs, len(self.data.classes))
+        self.plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir) if self.main else None])[0]
+        self.run_dir: Path = self.plan.run_dir
+        self.mean = list(d.mean or self.net.module.pretrained_cfg["mean"])
+        self.std = list(d.std or self.net.module.pretrained_cfg["std"])
+        self.augment = augment_config(cfg.augment)
+        self.size = image_size_at(d.image_size, 0, t.epochs)
+        per_rank = self.data.sizes[0] // acc.num_processes
+        estimate = t.epochs * max(1, per_rank // d.batch_size) // t.grad_accum_steps  # what compile=auto weighs
+        self.speed = resolve_speed(m.channels_last, m.compile, acc.device, estimate)
+        self.train_loader, self.val_loader = build_loaders(self.data, d, t.seed, self.augment, self.mean, self.std,
+                                                           self.size, acc, self.speed.channels_last)  # fmt: skip
+        self.updates_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum_steps)
+        # the module, its DDP wrapping for gradient sync, and the compiled forward
+        self.module = self.net.module
+        if self.speed.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        peak, spread = config_lib.lr_plan(cfg)
+        self.model, self.optimizer = acc.prepare(self.module, build_optimizer(self.net, cfg.optim, peak, spread))
+        self.forward = torch.compile(self.model, backend=m.compile_backend) if self.speed.compile else self.model
+        self.loss_fn = make_loss(cfg.augment.label_smoothing)
+        self.peak = peak if peak is not None else self._auto_lr()
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, self.peak, self.net.phases, self.updates_per_epoch)
+        self.ema = ModelEmaV3(self.module, decay=t.ema_decay) if t.ema else None
+        self.mixer = batch_mixer(self.augment, len(self.data.classes))
+        self.state = ckpt.TrainerState()
+        if self.plan.checkpoint is not None:  # every file was verified against its checksum by plan_run
+            self.state = ckpt.load_checkpoint(acc, self.plan.checkpoint, self.module, self.optimizer, self.schedule,
+                                              self.ema)  # fmt: skip
+        # the run dir: written only now that every check passed
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_lib.save(cfg, self.run_dir / "config.yaml")
+            set_aside(self.plan.set_aside)
+            truncate_after(self.run_dir / "metrics.jsonl", self.state.global_step)
+        acc.wait_for_everyone()
+        resume_step = self.state.global_step if self.plan.checkpoint else 0
+        self.logger, self.wandb = build_tracking(cfg, self.run_dir, self.main, resume_step)
+        self.progress = RunProgress(self.run_dir, t.epochs, len(self.train_loader), d.batch_size * acc.num_processes,
+                                    self.main)  # fmt: skip
+        self._announce()
+
+    def train(self) -> dict[str, Any]:
+        """The loop: per epoch, the phase and image size, the updates, then validation, exports and a checkpoint."""
+        acc, t, state = self.accelerator, self.cfg.train, self.state
+        metrics: dict[str, float] = dict(state.metrics)  # a resumed finished run reports its last validation
+        size, phase, status = None, None, "completed"
+        while state.epoch < t.epochs:
+            if phase != (new_phase := self.net.phases[phase_at(self.net.phases, state.epoch)]):
+                phase = new_phase
+                apply_phase(self.module, self.net.stages, phase, self.net.always_frozen, self.cfg.finetune.train_bn)
+                self.say(f"ftl: epoch {state.epoch + 1}: stages {phase.first_trainable_stage}..{len(self.net.stages) - 1}"
+                         f" of 0..{len(self.net.stages) - 1} train; {count_params(self.module)}")  # fmt: skip
+            if size != (new_size := image_size_at(self.cfg.data.image_size, state.epoch, t.epochs)):
+                size = new_size
+                for loader in (self.train_loader, self.val_loader):
+                    loader.set_image_size(size)
+            self.train_loader.set_epoch(state.epoch)
+            self.train_loader.skip_batches(state.step_in_epoch)  # a resumed epoch starts where it stopped
+            self.model.train()
+            set_frozen_bn_eval(self.module)
+            self.progress.start_epoch(state.epoch, state.step_in_epoch)
+            # the epoch's running loss; a resumed epoch starts from the checkpoint's, so it logs what its twin logs
+            loss_sum, loss_n = torch.tensor(state.loss_sum, device=acc.device), state.loss_n
+            started = time.perf_counter()
+            for batch in self.train_loader:
+                loss = train_step(acc, self.model, batch, self.loss_fn, self.optimizer, self.schedule,
+                                  t.clip_grad_norm, self.speed.channels_last, self.mixer, self.forward)  # fmt: skip
+                state.step_in_epoch += 1
+                state.global_step += 1
+                loss_sum += loss
+                loss_n += 1
+                if not acc.sync_gradients:
+                    continue  # EMA, logs, checkpoints and stops only happen on update boundaries
+                if self.ema is not None:
+                    self.ema.update(self.module, step=self.schedule.updates)
+                if state.global_step % t.log_every_steps == 0:
+                    train_loss = (loss_sum / loss_n).item()  # a device sync: only every log_every_steps
+                    lr = self.optimizer.param_groups[-1]["lr"]
+                    self._log({"step": state.global_step, "epoch": state.epoch + 1, "train_loss": train_loss,
+                               "lr": lr, "input_px": batch[0].shape[-1]})  # fmt: skip
+                    self.progress.step(state.epoch, state.step_in_epoch, train_loss, lr)
+                else:
+                    self.progress.step(state.epoch, state.step_in_epoch)
+                if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
+                    state.loss_sum, state.loss_n = loss_sum.item(), loss_n
+                    self._save()
+                if self._stop_requested():
+                    state.loss_sum, state.loss_n = loss_sum.item(), loss_n
+                    return self._interrupt(metrics)
+            epoch_time = time.perf_counter() - started
+            train_loss = (loss_sum / max(loss_n, 1)).item()
+            metrics = self._validate()
+            state.epoch += 1
+            state.step_in_epoch, state.loss_sum, state.loss_n, state.metrics = 0, 0.0, 0, metrics
+            is_best = metrics["val_top1"] > state.best_metric
+            if is_best:
+                state.best_metric, state.best_epoch = metrics["val_top1"], state.epoch
+            self._log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "image_size": size,
+                       "epoch_time_s": round(epoch_time, 3), **metrics})  # fmt: skip
+            self.say(f"ftl: epoch {state.epoch}/{t.epochs} train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
+                     f"top1 {metrics['val_top1']:.4f} top5 {metrics['val_top5']:.4f}"
+                     + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if self.ema is not None else "")
+                     + f" ({epoch_time:.1f}s)")  # fmt: skip
+            if self.main:
+                self._export(is_best, size, metrics)
+            self._save()
+            self.progress.end_epoch(state.epoch, state.best_metric, state.best_epoch, metrics)
+            if self._prune(metrics) and state.epoch < t.epochs:
+                self.say(f"ftl: early-stopped after epoch {state.epoch}")
+                status = "pruned"
+                break
+        return self._finish(status, metrics)
+
+    def cleanup(self) -> None:
+        self.accelerator.end_training()
+        release_accelerator()
+
+    # ------------------------------------------------------------ pieces of the loop
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.logger.log(record)
+        if self.wandb is not None:
+            self.wandb.log(record, step=record["step"])
+
+    def _save(self) -> None:
+        ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, self.cfg.train.keep_checkpoints, self.module,
+                             self.optimizer, self.schedule, self.ema)  # fmt: skip
+
+    def _stop_requested(self) -> bool:
+        """should_stop(), agreed by every rank. One process: a plain Python check, no device sync. Several: a
+        collective every STOP_POLL_UPDATES updates (so all ranks stop at the same step)."""
+        if self.should_stop is None:
+            return False
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return bool(self.should_stop())
+        if (self.state.global_step // acc.gradient_accumulation_steps) % STOP_POLL_UPDATES:
+            return False
+        flag = torch.tensor([float(self.should_stop())], device=acc.device)
+        return bool(acc.reduce(flag, "max").item())
+
+    def _interrupt(self, metrics: dict[str, float]) -> dict[str, Any]:
+        self.progress.close()
+        self._save()
+        self.say(f"ftl: stopped at step {self.state.global_step} (epoch {self.state.epoch + 1}); checkpoint saved")
+        self.logger.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        result = _result("interrupted", self.run_dir, self.state, metrics)
+        if self.main:
+            write_json_atomic(self.run_dir / "result.json", result)
+        return result
+
+    def _validate(self) -> dict[str, float]:
+        metrics = evaluate(self.accelerator, self.forward, self.val_loader, self.speed.channels_last)
+        if self.ema is not None:
+            ema = evaluate(self.accelerator, self.ema.module, self.val_loader, self.speed.channels_last)
+            metrics.update({f"val_ema_{k[4:]}": v for k, v in ema.items()})
+        return metrics
+
+    def _export(self, is_best: bool, size: int, metrics: dict[str, float]) -> None:
+        """export/last (and best, and ema) safetensors with model.json, after an epoch (main process)."""
+        m = self.cfg.model
+        meta = {"model": m.name, "classes": self.data.classes, "num_classes": len(self.data.classes), "head": m.head,
+                "mean": self.mean, "std": self.std, "config": OmegaConf.to_container(self.cfg), "image_size": size,
+                "epoch": self.state.epoch, "step": self.state.global_step}  # fmt: skip
+        named = [("last", self.module)] + [("best", self.module)] * is_best
+        named += [("ema", self.ema.module)] if self.ema is not None else []
+        for name, weights in named:
+            ckpt.export_weights(weights, self.run_dir / "export", name, {**meta, "metrics": metrics})
+
+    def _prune(self, metrics: dict[str, float]) -> bool:
+        from accelerate.utils import broadcast_object_list
+
+        prune = self.on_epoch_end(self.state.epoch, metrics) if self.on_epoch_end and self.main else False
+        return bool(broadcast_object_list([prune])[0])
+
+    def _finish(self, status: str, metrics: dict[str, float]) -> dict[str, Any]:
+        self.logger.close()
+        result = {**_result(status, self.run_dir, self.state, metrics), "weights_digest": weights_digest(self.module)}
+        if self.main:
+            write_json_atomic(self.run_dir / "result.json", result)
+        if self.wandb is not None:
+            self._wandb_media()
+            self.wandb.finish()
+        return result
+
+    # ------------------------------------------------------------ setup helpers
+
+    def _auto_lr(self) -> float:
+        """optim.lr: auto - the LR finder in the state the first phase trains (its stages frozen), same loss;
+        weights and optimizer restored after. A resumed run reuses the LR it chose."""
+        lf, run_dir = self.cfg.lr_find, self.run_dir
+        if self.plan.resuming and (run_dir / "lr_find.json").is_file():
+            return float(json.loads((run_dir / "lr_find.json").read_text())["chosen"])
+        apply_phase(self.module, self.net.stages, self.net.phases[0], self.net.always_frozen, self.cfg.finetune.train_bn)
+        self.train_loader.set_epoch(0)
+        result = lr_finder.lr_range_test(self.accelerator, self.module, self.optimizer, self.train_loader, self.loss_fn,
+                                         lf.start_lr, lf.end_lr, lf.num_steps, forward=self.forward)  # fmt: skip
+        chosen = lr_finder.choose(result, lf.suggestion)
+        if self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lr_finder.save(result, run_dir, mark=lf.suggestion)
+            data = json.loads((run_dir / "lr_find.json").read_text())
+            write_json_atomic(run_dir / "lr_find.json", {**data, "chosen": chosen})
+        self.say(f"ftl: optim.lr=auto -> {lf.suggestion} {chosen:.2e} (plot: {run_dir / 'lr_find.png'})")
+        return chosen
+
+    def _announce(self) -> None:
+        acc, state, t, plan = self.accelerator, self.state, self.cfg.train, self.plan
+        self.say(f"ftl: model {self.cfg.model.name} from {self.net.source}")
+        self.say(f"ftl: data {self.data.sizes[0]} train / {self.data.sizes[1]} val images, {len(self.data.classes)} "
+                 f"classes, {self.data.backend} loader; {acc.num_processes} process(es) on {acc.device.type}, "
+                 f"precision {self.precision} ({self.precision_note}); {self.speed.note}")  # fmt: skip
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        self.say("ftl: parameter groups\n" + param_group_table(self.optimizer, names))
+        resumed = f" (resuming {plan.checkpoint.name}, epoch {state.epoch + 1})" if plan.checkpoint else ""
+        if state.epoch >= t.epochs:
+            resumed = f" (finished at {plan.checkpoint.name}: its result as it ended)"
+        self.say(f"ftl: run dir {self.run_dir}" + (resumed or " (no complete checkpoint: from the beginning)" * plan.resuming))
+
+    @torch.no_grad()
+    def _wandb_media(self) -> None:
+        """The LR-finder plot, the augmentation preview, a table of validation samples with predictions, and
+        (optionally) the best weights."""
+        from core.preview import augment_grid
+
+        cfg, run, run_dir, step = self.cfg, self.wandb, self.run_dir, self.state.global_step
+        if (run_dir / "lr_find.png").is_file():
+            run.log_image("lr_find", run_dir / "lr_find.png", step)
+        run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
+        n = min(cfg.tracking.log_samples, self.data.sizes[1])
+        if n:
+            self.module.eval()
+            images, labels = first_samples(self.val_loader, n)
+            probs = self.module(images.to(self.accelerator.device)).float().softmax(-1).cpu()
+            mean, std = torch.tensor(self.mean).view(3, 1, 1), torch.tensor(self.std).view(3, 1, 1)
+            classes = self.data.classes
+            rows = [[run.wandb.Image((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()),
+                     classes[label], classes[int(p.argmax())], float(p.max())]
+                    for img, label, p in zip(images, labels, probs)]  # fmt: skip
+            run.log_table("val_samples", ["image", "label", "prediction", "confidence"], rows, step)
+        if cfg.tracking.log_model and (run_dir / "export" / "best.safetensors").is_file():
+            run.log_artifact(run_dir / "export" / "best.safetensors", f"{run_dir.name}-best")
+
+
+def first_samples(loader, n: int) -> tuple[torch.Tensor, list[int]]:
+    """The first n validation samples as the model sees them: the loader's own when it has them, else from its
+    first batches."""
+    import itertools
+
+    if hasattr(loader, "first_samples"):
+        return loader.first_samples(n)
+    batches = list(itertools.islice(loader, math.ceil(n / loader.batch_size)))
+    return torch.cat([x.cpu() for x, _ in batches])[:n], torch.cat([y.cpu() for _, y in batches])[:n].tolist()
 
 
 def find_lr(cfg: DictConfig, out_dir: str | Path) -> lr_finder.LRFindResult:
-    """`ftl lr-find`: the LR range test on the recipe's model and data; writes lr_find.{json,png} to out_dir."""
+    """`ftl lr-find`: the LR range test on the recipe's model and data, in the state its first phase trains;
+    writes lr_find.{json,png} to out_dir."""
     config_lib.validate(cfg)
-    accelerator = create_accelerator(cfg.train.precision, 1, cfg.train.seed)
+    run = FineTune(cfg)
+    acc, d, t = run.accelerator, cfg.data, cfg.train
     try:
-        seed_everything(cfg)
-        parts = build_parts(cfg)
-        out_dir = Path(out_dir)
-        model, optimizer, train_loader, _ = prepare(accelerator, cfg, parts)
-        phase = parts.phases[0]
-        apply_phase(accelerator.unwrap_model(model), parts.stages, phase, parts.always_frozen, cfg.finetune.train_bn)
+        seed_everything(t.seed, t.deterministic)
+        data = open_data(d, t.seed, acc.device, run.say)
+        net = build_network(cfg.model, cfg.finetune, t.epochs, len(data.classes))
+        mean, std = list(d.mean or net.module.pretrained_cfg["mean"]), list(d.std or net.module.pretrained_cfg["std"])
+        train_loader, _ = build_loaders(data, d, t.seed, augment_config(cfg.augment), mean, std,
+                                        image_size_at(d.image_size, 0, t.epochs), acc, False)  # fmt: skip
+        peak, spread = config_lib.lr_plan(cfg)
+        model, optimizer = acc.prepare(net.module, build_optimizer(net, cfg.optim, peak, spread))
+        apply_phase(net.module, net.stages, net.phases[0], net.always_frozen, cfg.finetune.train_bn)
         train_loader.set_epoch(0)
         lf = cfg.lr_find
-        result = lr_finder.lr_range_test(accelerator, model, optimizer, train_loader, make_loss(
-            cfg.augment.label_smoothing), lf.start_lr, lf.end_lr, lf.num_steps)  # fmt: skip
-        if accelerator.is_main_process:
-            lr_finder.save(result, out_dir, mark=lf.suggestion)
+        result = lr_finder.lr_range_test(acc, net.module, optimizer, train_loader, make_loss(
+            cfg.augment.label_smoothing), lf.start_lr, lf.end_lr, lf.num_steps, forward=model)  # fmt: skip
+        if acc.is_main_process:
+            lr_finder.save(result, Path(out_dir), mark=lf.suggestion)
         return result
     finally:
-        accelerator.end_training()
-        release_accelerator()
+        run.cleanup()
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -7,6 +7,7 @@ smoothed loss, stop when it diverges, and suggest an LR (valley by default; mini
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,8 +61,11 @@ def lr_range_test(
     num_steps: int = 100,
     diverge_factor: float = 4.0,
     beta: float = 0.98,
+    forward: Callable | None = None,
 ) -> LRFindResult:
-    """Run the test; every group's LR is scaled by its `ftl_lr_scale`, so discriminative ratios are kept."""
+    """Run the test; every group's LR is scaled by its `ftl_lr_scale`, so discriminative ratios are kept. `model`'s
+    weights are restored after; `forward` (default: model) computes the outputs, e.g. its torch.compile'd form."""
+    forward = model if forward is None else forward
     model_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
     rng_state = torch.get_rng_state()
@@ -78,7 +82,7 @@ def lr_range_test(
             except StopIteration:
                 batches = iter(loader)
                 images, targets = next(batches)
-            loss = loss_fn(model(images), targets)
+            loss = loss_fn(forward(images), targets)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -46,8 +46,8 @@ def augment_grid(cfg: DictConfig, out: str | Path, samples: int = 6, repeats: in
 
 def _torch_tiles(cfg: DictConfig, aug, mean, std, size: int, samples: int, repeats: int, seed: int):
     """The torch path: each picked sample through the training transform, seeded as in epochs 0..repeats-1."""
-    transform = train_transform(size, mean, std, aug)
-    splits = build_datasets(cfg.data.train_dir, cfg.data.val_dir, transform, None, cfg.data.val_split, None, seed)
+    splits = build_datasets(cfg.data.train_dir, cfg.data.val_dir, lambda s: train_transform(s, mean, std, aug), None,
+                            cfg.data.val_split, None, seed, size)  # fmt: skip
     picks = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(seed))[:samples].tolist()
     tiles = []
     for index in picks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -47,6 +48,45 @@ def truncate_after(path: str | Path, global_step: int) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+NAME_LIMIT = 128  # W&B refuses a run name (or group) longer than this
+TAG_LIMIT = 64  # and a tag longer than this
+STATUSES = ("completed", "pruned", "interrupted", "failed")  # the engine's result status
+STATUS_TAGS = {"pruned": "pruned", "failed": "failed", "interrupted": "preempted"}  # how a run's end shows in W&B
+
+
+def short_name(name: str, limit: int = NAME_LIMIT) -> str:
+    """`name` when it fits in `limit` characters, else its head (cut at a space when one is near) + '~' + 8 hex
+    digits of a hash of the whole name, so two long names that share their head stay two names."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    head = name[: limit - len(digest) - 1]
+    if (cut := head.rfind(" ")) > len(head) // 2:
+        head = head[:cut]
+    return f"{head.rstrip()}~{digest}"
+
+
+def run_name(overrides: list[str], limit: int = NAME_LIMIT) -> str:
+    """A W&B run name from a trial's distinguishing overrides: ['optim.lr=0.003', 'finetune.strategy=full'] ->
+    'lr=0.003 strategy=full' (a key's last part, its whole key when two keys end alike), cut to `limit`.
+    Passed on as an override, quote it (`tracking.name=` + json.dumps(name)): a value may hold commas."""
+    pairs = [o.partition("=")[::2] for o in overrides]
+    leaves = [key.rsplit(".", 1)[-1] for key, _ in pairs]
+    parts = [f"{leaf if leaves.count(leaf) == 1 else key}={value}" for (key, value), leaf in zip(pairs, leaves)]
+    return short_name(" ".join(parts), limit)
+
+
+def sweep_group(name: str, uid: str) -> str:
+    """The W&B group of one launch of a sweep: '<name>-<uid>' (a relaunch under the same name is another group),
+    the bare name for a sweep dir written before launches had a uid; cut as WandbTracker cuts it."""
+    return short_name(f"{name}-{uid}" if uid else name)
+
+
+def metric_goal(name: str) -> str:
+    """'min' for a loss, an error or a time, else 'max' (what "best" means for a metric ftl logs)."""
+    return "min" if any(w in name for w in ("loss", "err", "time")) else "max"
+
+
 class WandbTracker:
     """One W&B run per training run, from the main process only.
 
@@ -54,17 +94,17 @@ class WandbTracker:
     continues its W&B run instead of creating a duplicate: from the start it is opened with resume="allow"; from a
     checkpoint, with `resume_from=<id>?_step=<checkpoint step>`, W&B's rewind, so the history logged after the
     checkpoint (and logged again now) is dropped rather than doubled. Files go under the run dir; WANDB_MODE=offline
-    (the default on compute nodes) writes them locally for a later `ftl sync`.
+    (the default on compute nodes) writes them locally for a later `ftl sync`. The name, group and tags are cut to
+    W&B's limits (short_name); `finish(status)` records how the run ended.
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], project: str, entity: str | None, group: str | None,
                  name: str | None, job_type: str, tags: list[str], run_id: str | None, resume_step: int = 0):  # fmt: skip
-        import hashlib
         import os
 
         import wandb
 
-        if os.environ.get("WANDB_MODE", "offline") == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
+        if os.environ.get("WANDB_MODE", "offline") == "online" and not has_credentials():
             from core.errors import FtlError
 
             raise FtlError("WANDB_MODE=online but no W&B API key (WANDB_API_KEY or `wandb login`); "
@@ -74,9 +114,19 @@ class WandbTracker:
         run_id = run_id or hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
         self.wandb = wandb
         where = {"resume_from": f"{run_id}?_step={resume_step}"} if resume_step else {"resume": "allow"}
-        self.run = wandb.init(project=project, entity=entity, group=group, name=name or Path(run_dir).name,
-                              job_type=job_type, tags=list(tags), config=config, id=run_id, dir=str(run_dir),
-                              settings=wandb.Settings(console="off"), **where)  # fmt: skip
+        self.run = wandb.init(project=project, entity=entity, group=short_name(group) if group else None,
+                              name=short_name(name or Path(run_dir).name), job_type=job_type,
+                              tags=[short_name(t, TAG_LIMIT) for t in tags], config=config, id=run_id,
+                              dir=str(run_dir), settings=wandb.Settings(console="off"), **where)  # fmt: skip
+
+    def define_metric(self, name: str, goal: str | None = None) -> None:
+        """Keep the best value of `name` in the run's summary: summary[name] becomes {goal: best, "last": last}
+        (W&B shows `name.max` / `name.min` and `name.last`). goal: "max" or "min" (default: metric_goal(name)).
+        Call it after each start: a resumed run declares its metrics again."""
+        goal = goal or metric_goal(name)
+        if goal not in ("max", "min"):
+            raise ValueError(f"define_metric({name!r}): goal must be 'max' or 'min', not {goal!r}")
+        self.run.define_metric(name, summary=f"{goal},last")
 
     def log(self, record: dict[str, Any], step: int) -> None:
         self.run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
@@ -92,14 +142,40 @@ class WandbTracker:
         artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
-    def finish(self) -> None:
-        self.run.finish()
+    def finish(self, status: str | None = None) -> None:
+        """End the run (a second call does nothing). With the engine's result status, the run records how it ended:
+        summary `ftl_status`, a tag (pruned, failed, or preempted for "interrupted", which a requeue resumes), and a
+        non-zero exit code for "failed", so W&B shows it failed, not finished."""
+        if self.run is None:
+            return
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"finish({status!r}): status must be one of {', '.join(STATUSES)}")
+            self.run.summary["ftl_status"] = status
+            if tag := STATUS_TAGS.get(status):
+                self.run.tags = tuple(dict.fromkeys([*self.run.tags, tag]))
+        run, self.run = self.run, None
+        run.finish(exit_code=1 if status == "failed" else 0)
 
 
-def _netrc_has_wandb() -> bool:
+def has_credentials(base_url: str | None = None) -> bool:
+    """Whether wandb would find an API key for the W&B server (WANDB_BASE_URL, default api.wandb.ai) without
+    asking: WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, or a netrc entry (NETRC, else ~/.netrc) for its host."""
+    import os
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    return _netrc_has_wandb(base_url)
+
+
+def _netrc_has_wandb(base_url: str | None = None) -> bool:
     import netrc
+    import os
+    from urllib.parse import urlsplit
 
+    host = urlsplit(base_url or os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
+        return bool(host) and netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
         return False

@@ -101,14 +101,16 @@ class LocalExecutor(Executor):
 
     def states(self, man: mf.Manifest, records: list[mf.TrialRecord]) -> dict[str, str]:
         """A trial the runner has not started is PENDING; a started one is what its local_job.json says, except
-        that a RUNNING process which is gone is LOST (its runner died with it, or before it could record the end)."""
+        that a RUNNING process which is gone is LOST when no runner is alive to record how it ended."""
         out = {}
+        runner = None  # looked up once, if needed
         for record in records:
             job = read_local_job(self.sweep_dir / record.run_dir)
             if job.get("attempt") != record.attempt:
                 out[record.job_id] = "PENDING"
             elif job.get("state") == "RUNNING" and not alive(job.get("pid"), job.get("start")):
-                out[record.job_id] = "LOST"
+                runner = runner_alive(self.sweep_dir) if runner is None else runner
+                out[record.job_id] = "RUNNING" if runner else "LOST"  # a live runner records the exit in a moment
             else:
                 out[record.job_id] = job.get("state", "UNKNOWN")
         return out  # type: ignore[return-value]

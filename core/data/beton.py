@@ -312,10 +312,15 @@ def beton_for(path: str | None) -> Path | None:
     return sibling if sibling.is_file() else None
 
 
-def choose_loader(d: Any, say=print) -> str:
-    """'torch' or 'ffcv' for data config d; `auto` picks ffcv when it is installed and the .beton files exist,
-    and says once why it did not."""
+def choose_loader(d: Any, say=print, device: Any = None) -> str:
+    """'torch', 'ffcv' or 'gpu' for data config d on `device`; `auto` picks the fastest the data and the device
+    allow (see core/data/loaders.py) and says why in one line."""
     is_beton = [p for p in (d.train_dir, d.val_dir) if p and str(p).endswith(".beton")]
+    if d.loader == "gpu":
+        if device is None or device.type != "cuda":
+            raise FtlError("data.loader=gpu decodes JPEGs on a CUDA GPU, and this run has none; use data.loader=auto "
+                           "(ffcv or torch on CPUs)")  # fmt: skip
+        return "gpu"
     if d.loader == "torch":
         if is_beton:
             raise FtlError(f"data.train_dir/val_dir {is_beton[0]} is a .beton: set data.loader=ffcv (or auto)")

@@ -2,6 +2,8 @@
 
 Augmentation randomness is seeded per (seed, epoch, sample index), not per worker: the same sample gets the same
 augmentation whatever the worker count or the point a run was resumed from, which is what makes resume exact.
+The epoch and the image size live in a small shared-memory tensor, so persistent DataLoader workers see a new
+epoch (and progressive resizing's new size) without being restarted.
 """
 
 from __future__ import annotations
@@ -23,16 +25,35 @@ Sample = tuple[str, int]
 
 
 class SeededImageDataset(Dataset):
-    """(path, label) samples with a transform whose random draws depend only on (seed, epoch, index)."""
+    """(path, label) samples with a transform whose random draws depend only on (seed, epoch, index).
+    `make_transform(image_size)` builds the transform for a size (once per size and process)."""
 
-    def __init__(self, samples: list[Sample], transform: Callable | None, seed: int = 0):
+    def __init__(self, samples: list[Sample], make_transform: Callable[[int], Callable] | None, seed: int = 0,
+                 image_size: int = 224):  # fmt: skip
         self.samples = samples
-        self.transform = transform
+        self.make_transform = make_transform
         self.seed = seed
-        self.epoch = 0
+        self.shared = torch.tensor([0, image_size], dtype=torch.int64).share_memory_()  # epoch, image size
+        self._transforms: dict[int, Callable] = {}
+
+    @property
+    def epoch(self) -> int:
+        return int(self.shared[0])
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch  # workers are re-created each epoch, so they see this
+        self.shared[0] = epoch  # shared memory: persistent workers see it at their next sample
+
+    def set_image_size(self, size: int) -> None:
+        self.shared[1] = size
+
+    @property
+    def transform(self) -> Callable | None:
+        if self.make_transform is None:
+            return None
+        size = int(self.shared[1])
+        if size not in self._transforms:
+            self._transforms[size] = self.make_transform(size)
+        return self._transforms[size]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -47,7 +68,8 @@ class SeededImageDataset(Dataset):
             image = default_loader(path)
         except Exception as e:  # unreadable or truncated image: name the file
             raise FtlError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-        if self.transform is None:
+        transform = self.transform
+        if transform is None:
             return image, label
         seed = hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF
         # torchvision draws from torch, timm's policies from `random` and numpy: seed all three for this sample,
@@ -57,7 +79,7 @@ class SeededImageDataset(Dataset):
             torch.manual_seed(seed)
             random.seed(seed)
             np.random.seed(seed % 2**32)
-            image = self.transform(image)
+            image = transform(image)
         random.setstate(py_state)
         np.random.set_state(np_state)
         return image, label
@@ -98,11 +120,12 @@ class DataSplits:
 def build_datasets(
     train_dir: str,
     val_dir: str | None,
-    train_transform: Callable,
-    eval_transform: Callable,
+    train_transform: Callable[[int], Callable] | None,
+    eval_transform: Callable[[int], Callable] | None,
     val_split: float = 0.2,
     num_classes: int | None = None,
     seed: int = 0,
+    image_size: int = 224,
 ) -> DataSplits:
     """Train/val datasets from ImageFolder roots; without val_dir, a stratified split of train_dir."""
     train_folder = scan_image_folder(train_dir, "data.train_dir")
@@ -130,8 +153,8 @@ def build_datasets(
     if len(classes) < 2:
         raise FtlError(f"data.train_dir={train_dir} has {len(classes)} class folder; a classifier needs at least 2")
     return DataSplits(
-        SeededImageDataset(list(train_samples), train_transform, seed),
-        SeededImageDataset(list(val_samples), eval_transform, seed),
+        SeededImageDataset(list(train_samples), train_transform, seed, image_size),
+        SeededImageDataset(list(val_samples), eval_transform, seed, image_size),
         list(classes),
     )
 
@@ -139,10 +162,11 @@ def build_datasets(
 def build_loaders(
     splits: DataSplits, batch_size: int, eval_batch_size: int | None, num_workers: int, seed: int, pin_memory: bool
 ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled train loader (drops a last partial batch when there is more than one) and ordered val loader."""
+    """Shuffled train loader (drops a last partial batch when there is more than one) and ordered val loader.
+    Workers persist across epochs (the datasets read the epoch and size from shared memory)."""
     # Own generator: creating an iterator must not draw from the global RNG, or resume would shift dropout draws.
     generator = torch.Generator().manual_seed(seed)
-    common = {"num_workers": num_workers, "pin_memory": pin_memory, "persistent_workers": False}
+    common = {"num_workers": num_workers, "pin_memory": pin_memory, "persistent_workers": num_workers > 0}
     train = DataLoader(
         splits.train,
         batch_size=batch_size,

@@ -56,8 +56,9 @@ def test_split_from_train_dir_only(lfw):
 
 
 def test_transforms_shapes_and_seeded_augmentation(lfw):
-    t = train_transform(48, [0.5] * 3, [0.5] * 3, AugmentConfig(hflip=0.5, color_jitter=0.3))
-    s = build_datasets(str(lfw / "train"), str(lfw / "val"), t, eval_transform(48, [0.5] * 3, [0.5] * 3))
+    aug = AugmentConfig(hflip=0.5, color_jitter=0.3)
+    s = build_datasets(str(lfw / "train"), str(lfw / "val"), lambda n: train_transform(n, [0.5] * 3, [0.5] * 3, aug),
+                       lambda n: eval_transform(n, [0.5] * 3, [0.5] * 3), image_size=48)  # fmt: skip
     x, y = s.train[3]
     assert x.shape == (3, 48, 48) and y in (0, 1)
     assert (s.train[3][0] == x).all()  # same (seed, epoch, index) -> same augmentation
