@@ -140,9 +140,9 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     Returns (the precision, why)."""
     if precision != "auto":
         return precision, "as set"
-    from accelerate import PartialState
-
-    if PartialState().device.type != "cuda":
+    # the device Accelerate will pick, without creating its process state (that would fix it before Accelerator)
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if use_cpu or not torch.cuda.is_available():
         return "no", "auto: fp32 on CPU"
     if torch.cuda.is_bf16_supported():
         return "bf16", "auto: the GPU supports bf16"

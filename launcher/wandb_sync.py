@@ -1,9 +1,10 @@
 """`ftl sync SWEEP_DIR`: upload a sweep's offline W&B runs with the installed wandb's own `wandb sync`.
 
-Checked with wandb 0.30 and 0.31 (the range pyproject pins): `python -m wandb sync [-e E] [-p P] RUN_DIR...`.
-Offline runs named by path are uploaded; runs already uploaded (a `run-<id>.wandb.synced` marker beside the run
-file) are skipped, so a second `ftl sync` uploads only what the first did not. (wandb 0.30 removed the old
-`--include-offline` flag; offline runs need no flag.)
+Checked with wandb 0.29, 0.30 and 0.31 (the range pyproject pins): `python -m wandb sync [-e E] [-p P] RUN_DIR...`
+uploads the offline runs named by path (wandb 0.30 rewrote `wandb sync` and removed `--include-offline`, which
+runs named by path never needed). Runs already uploaded (a `run-<id>.wandb.synced` marker beside the run file) are
+not named again, so a second `ftl sync` uploads only what the first did not; nor is the newest run of a trial the
+sweep's state says is running (it is still being written: a later `ftl sync` uploads it whole).
 
 `wandb sync` exits 0 even when an upload failed, so success is read from what it leaves: the `.synced` marker of
 each run. A run without one failed, and the cause comes from wandb's output and its debug log (JSON lines, kept in
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from core.errors import FtlError
 from launcher import manifest as mf
+from launcher import states as st
 
 RETRIES = {  # wandb-core's settings (WANDB__X = setting x_x): how long to insist before an upload fails
     "WANDB__GRAPHQL_RETRY_MAX": "6", "WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS": "10",
@@ -38,7 +40,7 @@ DROPPED_ENV = ("WANDB_MODE", "WANDB_SILENT", "WANDB_QUIET")  # an upload is onli
 LOG_DIR = "logs/wandb_sync"  # in the sweep dir: wandb's debug logs of each sync
 NETWORK = re.compile(r"connection refused|no such host|network is unreachable|no route to host|i/o timeout|timeout|"
                      r"timed out|connection reset|dial tcp|tls:|certificate|proxyconnect|EOF", re.I)
-AUTH = re.compile(r"no api key|api key|not logged in|unauthori[sz]ed|permission denied|\b40[13]\b", re.I)
+AUTH = re.compile(r"api key|not logged in|unauthori[sz]ed|permission denied|\b40[13]\b", re.I)
 USAGE = re.compile(r"no such option|usage: |invalid value for|options have been removed|got unexpected", re.I)
 
 
@@ -50,6 +52,15 @@ def offline_runs(sweep_dir: str | Path) -> list[Path]:
                   if p.is_dir())  # fmt: skip
 
 
+def still_running(sweep_dir: str | Path) -> list[Path]:
+    """The newest offline run of each trial the sweep's state says is running: wandb is still writing it."""
+    sweep_dir = Path(sweep_dir)
+    man = mf.read(sweep_dir)
+    newest = [max((sweep_dir / t.run_dir / "wandb").glob("offline-run-*"), key=lambda p: p.name, default=None)
+              for t in man.trials.values() if st.phase(t.state) == "live"]  # fmt: skip
+    return sorted(p for p in newest if p is not None)
+
+
 def synced(run: Path) -> bool:
     """Whether `wandb sync` uploaded the run: every run file has its `.synced` marker."""
     files = list(run.glob("*.wandb"))
@@ -58,11 +69,13 @@ def synced(run: Path) -> bool:
 
 def sync(sweep_dir: str | Path, dry_run: bool = False, entity: str | None = None, project: str | None = None,
          timeout_s: float | None = None) -> list[Path]:  # fmt: skip
-    """Upload the sweep's offline runs not uploaded yet (to `entity` / `project` when given, else where each run
-    says); returns them (dry_run: those it would upload). FtlError in one line naming the cause when one fails;
-    timeout_s (default 5 minutes + 1 a run) bounds the whole upload."""
+    """Upload the sweep's offline runs not uploaded yet and not still being written (to `entity` / `project` when
+    given, else where each run says); returns them (dry_run: those it would upload). Reads the trials' states as the
+    sweep dir holds them (refresh them first). FtlError in one line naming the cause when one fails; timeout_s
+    (default 5 minutes + 1 a run) bounds the whole upload."""
     sweep_dir = Path(sweep_dir)
-    runs = [r for r in offline_runs(sweep_dir) if not synced(r)]
+    busy = set(still_running(sweep_dir))
+    runs = [r for r in offline_runs(sweep_dir) if not synced(r) and r not in busy]
     if dry_run or not runs:
         return runs
     log_dir = sweep_dir / LOG_DIR

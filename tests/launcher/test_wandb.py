@@ -257,6 +257,20 @@ def test_a_stalled_sync_is_stopped(sweep, monkeypatch):
         assert time.monotonic() - started < 40
 
 
+def test_the_run_of_a_running_trial_waits(sweep, monkeypatch):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    runs = wandb_sync.offline_runs(sweep)
+    with mf.locked(sweep) as man:
+        man.update(man.trials["b2"], state="RUNNING")
+    assert wandb_sync.still_running(sweep) == [runs[1]] and wandb_sync.sync(sweep, dry_run=True) == [runs[0]]
+    older = runs[1].with_name(runs[1].name.replace("offline-run-2", "offline-run-1"))  # the trial's earlier start
+    shutil.copytree(runs[1], older)
+    assert wandb_sync.sync(sweep, dry_run=True) == [runs[0], older]
+    with mf.locked(sweep) as man:
+        man.update(man.trials["b2"], state="COMPLETED")
+    assert wandb_sync.still_running(sweep) == [] and len(wandb_sync.sync(sweep, dry_run=True)) == 3
+
+
 def test_no_offline_runs_nothing_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     sweep = write_sweep(tmp_path, wandb_runs=False)
