@@ -211,9 +211,13 @@ def build_tracking(cfg: DictConfig, run_dir: Path, main: bool, resume_step: int)
         return logger, None
     from core.tracking import WandbTracker
 
-    tr = cfg.tracking
-    run = WandbTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), tr.project, tr.entity, tr.group,  # type: ignore[arg-type]
-                       tr.name, tr.job_type, list(tr.tags), tr.run_id, resume_step)  # fmt: skip
+    from core.checks import logged_metrics
+
+    tr, values = cfg.tracking, config_lib.to_dict(cfg)
+    run = WandbTracker(run_dir, values, tr.project, tr.entity, tr.group, tr.name, tr.job_type, list(tr.tags),
+                       tr.run_id, resume_step)  # fmt: skip
+    for name in sorted(logged_metrics(values)):
+        run.define_metric(name)  # W&B keeps each metric's best (and last) in the run's summary
     return logger, run
 
 
@@ -236,6 +240,10 @@ def fit(cfg: DictConfig, run_dir: str | Path | None = None, should_stop: Callabl
     try:
         run.setup(run_dir)
         return run.train()
+    except BaseException as e:  # W&B shows how the run ended, not a clean finish
+        if getattr(run, "wandb", None) is not None:
+            run.wandb.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        raise
     finally:
         run.cleanup()
 
@@ -409,7 +417,7 @@ class FineTune:
         self.say(f"ftl: stopped at step {self.state.global_step} (epoch {self.state.epoch + 1}); checkpoint saved")
         self.logger.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish("interrupted")
         result = _result("interrupted", self.run_dir, self.state, metrics)
         if self.main:
             write_json_atomic(self.run_dir / "result.json", result)
@@ -446,7 +454,7 @@ class FineTune:
             write_json_atomic(self.run_dir / "result.json", result)
         if self.wandb is not None:
             self._wandb_media()
-            self.wandb.finish()
+            self.wandb.finish(status)
         return result
 
     # ------------------------------------------------------------ setup helpers

@@ -258,10 +258,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from launcher.control import sync
+    from launcher.wandb_sync import still_running
 
-    runs = sync(args.sweep_dir, args.dry_run)
+    runs = sync(args.sweep_dir, args.dry_run, args.entity, args.project)
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"ftl: {verb} {len(runs)} offline W&B runs" + "".join(f"\n  {r}" for r in runs))
+    if left := still_running(args.sweep_dir):
+        print(f"ftl: {len(left)} runs of running trials left for a later `ftl sync`")
     return 0
 
 
@@ -269,11 +272,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from launcher.control import refresh
 
     refresh(args.sweep_dir)  # the report shows states as they are now, not as the last `ftl status` saw them
-    if args.wandb:
-        from launcher.wandb_report import build_wandb_report
+    if args.wandb or args.publish:
+        from launcher.wandb_report import build_wandb_report, publish
 
-        out = build_wandb_report(args.sweep_dir, args.out)
-        print(f"ftl: W&B report spec written to {out} (publish online with launcher.wandb_report.load_wandb_report)")
+        out = build_wandb_report(args.sweep_dir, args.out, project=args.project, entity=args.entity)
+        print(f"ftl: W&B report spec written to {out}")
+        if args.publish:
+            print(f"ftl: W&B report published at {publish(out)}")
         return 0
     from launcher.report import build_report
 
@@ -381,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync = verbs.add_parser("sync", help="upload a sweep's offline W&B runs (wandb sync)")
     sync.add_argument("sweep_dir")
     sync.add_argument("--dry-run", action="store_true", help="list the runs; upload nothing")
+    sync.add_argument("--entity", help="W&B entity (default: the runs' own, or WANDB_ENTITY)")
+    sync.add_argument("--project", help="W&B project (default: the runs' own tracking.project)")
     sync.set_defaults(func=cmd_sync)
 
     report = verbs.add_parser("report", help="a self-contained HTML report of a sweep (or a W&B Report spec)")
@@ -388,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="default: SWEEP_DIR/report.html (or wandb_report.json)")
     report.add_argument("--metric", help="rank trials by this metric (default: the sweep's)")
     report.add_argument("--wandb", action="store_true", help="write a W&B Report spec (wandb-workspaces) instead")
+    report.add_argument("--entity", help="W&B entity of the report (default: the trials' tracking.entity, WANDB_ENTITY)")
+    report.add_argument("--project", help="W&B project (default: the trials' tracking.project, WANDB_PROJECT)")
+    report.add_argument("--publish", action="store_true", help="save the W&B report online (needs a network and a key)")
     report.set_defaults(func=cmd_report)
 
     zoo = verbs.add_parser("zoo", help="list the offline pretrained weights")

@@ -39,16 +39,13 @@ def early_stop_spec(sweep: Sweep, sweep_dir: Path) -> dict[str, Any] | None:
 
 def check_wandb_login(sweep: Sweep, cluster: ClusterConfig) -> None:
     """Online W&B without an API key would hang at a login prompt on a node: refuse before submitting."""
-    import os
-
-    from core.tracking import _netrc_has_wandb
+    from core.tracking import has_credentials
 
     cfg = sweep.base_config
     wandb_on = cfg.tracking.wandb or any(o == "tracking.wandb=true" for t in sweep.trials for o in t.overrides)
-    if wandb_on and cluster.wandb_mode == "online":
-        if not (os.environ.get("WANDB_API_KEY") or cluster.env.get("WANDB_API_KEY") or _netrc_has_wandb()):
-            raise FtlError(f"cluster {cluster.name} has wandb_mode=online but no W&B API key (WANDB_API_KEY or "
-                           "`wandb login`); log in, or use wandb_mode: offline and `ftl sync` later")  # fmt: skip
+    if wandb_on and cluster.wandb_mode == "online" and not (cluster.env.get("WANDB_API_KEY") or has_credentials()):
+        raise FtlError(f"cluster {cluster.name} has wandb_mode=online but no W&B API key (WANDB_API_KEY or "
+                       "`wandb login`); log in, or use wandb_mode: offline and `ftl sync` later")  # fmt: skip
 
 
 def check_secrets(cluster: ClusterConfig) -> None:
@@ -178,25 +175,14 @@ def cancel(sweep_dir: str | Path) -> int:
     return len(live)
 
 
-def offline_wandb_runs(sweep_dir: str | Path) -> list[Path]:
-    """The offline W&B run dirs of a sweep's trials (one per trial, or more after a resume)."""
-    man = mf.read(sweep_dir)
-    return sorted(p for t in man.trials.values() for p in (Path(sweep_dir) / t.run_dir / "wandb").glob("offline-run-*"))
+def sync(sweep_dir: str | Path, dry_run: bool = False, entity: str | None = None,
+         project: str | None = None) -> list[Path]:  # fmt: skip
+    """Upload a sweep's offline W&B runs (launcher/wandb_sync.py), with states fresh so runs still being written
+    are left for later."""
+    from launcher import wandb_sync
 
-
-def sync(sweep_dir: str | Path, dry_run: bool = False) -> list[Path]:
-    """Upload a sweep's offline W&B runs with `wandb sync` (needs a network and a login)."""
-    import subprocess
-
-    runs = offline_wandb_runs(sweep_dir)
-    if runs and not dry_run:
-        wandb_cli = Path(sys.executable).parent / "wandb"
-        proc = subprocess.run([str(wandb_cli), "sync", "--include-offline", *map(str, runs)], capture_output=True,
-                              text=True)  # fmt: skip
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise FtlError(f"wandb sync failed (network or login?): {tail[0]}")
-    return runs
+    refresh(sweep_dir)
+    return wandb_sync.sync(sweep_dir, dry_run, entity, project)
 
 
 DEFAULT_WAIT_S = 7 * 24 * 3600

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -46,9 +47,12 @@ class TrialSpec:
 
 def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
     """A trial's job: the sweep's resolved recipe, W&B grouping, sweep-wide then the trial's own overrides."""
+    from core.tracking import run_name, sweep_group
+
     sweep_dir = _absolute(man.dir)
-    group = f"{man.name}-{man.uid}" if man.uid else man.name  # every launch its own W&B group
-    wandb = [f"tracking.group={group}", f"tracking.name={record.id}"]
+    group = sweep_group(man.name, man.uid)  # every launch its own W&B group
+    name = run_name(record.overrides) or record.id  # what distinguishes the trial (quoted: values may hold commas)
+    wandb = [f"tracking.group={json.dumps(group)}", f"tracking.name={json.dumps(name)}"]
     return TrialSpec(record.id, f"{sweep_dir}/recipe.yaml", [*wandb, *man.overrides, *record.overrides],
                      f"{sweep_dir}/{record.run_dir}", man.early_stop, record.attempt)  # fmt: skip
 

@@ -111,8 +111,9 @@ def read_beton(path: str | Path, what: str = "data.train_dir") -> BetonIndex:
     sidecar = Path(f"{path}.json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if meta and (meta.get("beton_bytes") != size or meta.get("num_samples") != n):
-        raise FtlError(f"{what}={path}: {size} bytes / {n} samples, but {sidecar.name} says "
-                       f"{meta.get('beton_bytes')} / {meta.get('num_samples')}: the file is incomplete or changed; {fix}")  # fmt: skip
+        said = f"{meta.get('beton_bytes')} / {meta.get('num_samples')}"
+        raise FtlError(f"{what}={path}: {size} bytes / {n} samples, but {sidecar.name} says {said}: the file is "
+                       f"incomplete or changed; {fix}")  # fmt: skip
     labels = metadata["f1"].astype(np.int64)
     classes = meta.get("classes") or [str(c) for c in range(int(labels.max()) + 1)]
     if labels.min() < 0 or labels.max() >= len(classes):

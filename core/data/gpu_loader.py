@@ -31,10 +31,11 @@ from __future__ import annotations
 import math
 import os
 import queue
+import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,20 +252,30 @@ class GpuLoader:
                  crop_pct: float, augment: AugmentConfig, mean: list[float], std: list[float], seed: int,
                  device: torch.device, num_workers: int = 2, rank: int = 0, world: int = 1,
                  channels_last: bool = False):  # fmt: skip
-        self.source, self.indices, self.batch_size, self.train = source, np.asarray(indices, np.int64), batch_size, train
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+        self.batch_size, self.train = batch_size, train
         self.size, self.crop_pct, self.seed, self.device = image_size, crop_pct, seed, torch.device(device)
         self.scale, self.ratio = tuple(augment.scale), tuple(augment.ratio)
         self.workers, self.rank, self.world = num_workers, rank, world
         self.augment = DeviceAugment(augment, mean, std, seed, train, channels_last, planar=True)
         self.length = len(self.indices) // world if train else None  # equal shards: every rank runs the same steps
         self.drop_last = train and len(self.indices) // world > batch_size
-        self.epoch, self.skip = 0, 0
+        self.epoch, self.skip, self.shuffle = 0, 0, train  # shuffle=False: the indices in order (previews)
         self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is None:  # our threads start on device 0, not the rank's device
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def _on_device(self):
+        """The rank's GPU as a thread's current device: a new thread's is device 0, where pinning memory or
+        launching work would create a second CUDA context on rank > 0."""
+        return torch.cuda.device(self.device) if self.cuda else nullcontext()
 
     def order(self) -> np.ndarray:
         """This rank's samples of the current epoch, in order."""
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.indices) if self.train else self.indices
+        order = self.indices
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(order)
         return order[self.rank :: self.world][: self.length]
 
     def __len__(self) -> int:
@@ -323,10 +334,7 @@ class GpuLoader:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ftl-gpu-read") if self.workers else None
         reads: deque[Future] = deque()
         try:
-            with ExitStack() as stack:
-                if self.cuda:
-                    stack.enter_context(torch.cuda.device(self.device))
-                    stack.enter_context(torch.cuda.stream(self.stream))
+            with self._on_device(), torch.cuda.stream(self.stream) if self.cuda else nullcontext():
                 ahead = max(2, self.workers)
                 for k, samples in enumerate(batches):
                     while pool is not None and len(reads) < ahead and k + len(reads) < len(batches):
@@ -348,16 +356,17 @@ class GpuLoader:
     def _read(self, samples: np.ndarray) -> _HostBatch:
         """A reader thread: the batch's bytes (JPEGs) and pixels (anything else, decoded here); pinned on CUDA."""
         jpegs, jpeg_at, pixels, pixel_at = [], [], [], []
-        for k, i in enumerate(samples.tolist()):
-            is_jpeg, data = self.source.read(i)
-            if is_jpeg:
-                jpegs.append(data)
-                jpeg_at.append(k)
-            else:
-                pixels.append(data.pin_memory() if self.cuda else data)
-                pixel_at.append(k)
-        labels = torch.from_numpy(self.source.labels[samples])
-        return _HostBatch(samples, jpegs, jpeg_at, pixels, pixel_at, labels.pin_memory() if self.cuda else labels)
+        with self._on_device():
+            for k, i in enumerate(samples.tolist()):
+                is_jpeg, data = self.source.read(i)
+                if is_jpeg:
+                    jpegs.append(data)
+                    jpeg_at.append(k)
+                else:
+                    pixels.append(data.pin_memory() if self.cuda else data)
+                    pixel_at.append(k)
+            labels = torch.from_numpy(self.source.labels[samples])
+            return _HostBatch(samples, jpegs, jpeg_at, pixels, pixel_at, labels.pin_memory() if self.cuda else labels)
 
     def _to_device(self, host: _HostBatch, epoch: int, batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         images: list[Any] = [None] * len(host.samples)
@@ -399,9 +408,9 @@ class GpuLoader:
                     continue
                 except RuntimeError:
                     pass
-            reason = (str(error).strip().splitlines() or ["unreadable"])[-1]
-            raise FtlError(f"cannot decode JPEG {self.source.name(int(host.samples[k]))} ({reason}): fix or remove "
-                           "it (for a .beton: `ftl data convert` it again)") from None  # fmt: skip
+            name = self.source.name(int(host.samples[k]))
+            raise FtlError(f"cannot decode JPEG {name} ({_reason(error)}): fix or remove it (for a .beton: "
+                           "`ftl data convert` it again)") from None  # fmt: skip
         return out
 
 
@@ -409,7 +418,10 @@ def build_gpu_loaders(d: Any, data: GpuData, seed: int, aug: AugmentConfig, mean
                       size: int, device: torch.device, rank: int, world: int,
                       channels_last: bool = False) -> tuple[GpuLoader, GpuLoader]:  # fmt: skip
     """(train, val) GpuLoaders for data config d (batch_size, eval_batch_size, num_workers, crop_pct) over `data`,
-    what open_gpu_data(d, seed) returned."""
+    what open_gpu_data(d, seed) returned. On CUDA, first checks that this torchvision decodes JPEGs there."""
+    if torch.device(device).type == "cuda" and (problem := nvjpeg_problem(device)):
+        raise FtlError(f"data.loader=gpu: torchvision cannot decode JPEGs on {device} ({problem}); use "
+                       "data.loader=ffcv or torch, or a torchvision built with nvJPEG")  # fmt: skip
     common = {"image_size": size, "crop_pct": d.crop_pct, "augment": aug, "mean": mean, "std": std, "seed": seed,
               "device": device, "num_workers": d.num_workers, "rank": rank, "world": world,
               "channels_last": channels_last}  # fmt: skip
@@ -417,3 +429,23 @@ def build_gpu_loaders(d: Any, data: GpuData, seed: int, aug: AugmentConfig, mean
     val = GpuLoader(data.val, data.val_indices, d.eval_batch_size or 2 * d.batch_size, train=False, **common)
     return train, val
 
+
+
+def nvjpeg_problem(device: torch.device) -> str | None:
+    """Why torchvision cannot decode JPEGs on `device` (a build without nvJPEG, no driver), or None: one 16 x 16
+    JPEG, decoded there. A CUDA loader that could not would fall back to the CPU image by image, silently slow."""
+    from torchvision.io import encode_jpeg
+
+    try:
+        tiny = encode_jpeg(torch.full((3, 16, 16), 128, dtype=torch.uint8))
+        decode_jpeg([tiny], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as e:
+        return _reason(e)
+    return None
+
+
+def _reason(error: Exception) -> str:
+    """The first line of a torch / torchvision error, without its source-location prefixes."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    line = re.sub(r"^\w+, \S+:\d+, ", "", line)  # torchvision: "decode_jpeg, /path/decode_jpeg.cpp:171, why"
+    return re.sub(r"\[[^\]]*:\d+\] ", "", line)[:200]  # c10: "[04:38:16 /path/accelerator.h:57] why"

@@ -76,6 +76,7 @@ def build_loaders(source: DataSource, d: Any, seed: int, augment: AugmentConfig,
     splits.val.make_transform = lambda s: eval_transform(s, mean, std, d.crop_pct)
     for dataset in (splits.train, splits.val):
         dataset.set_image_size(size)
+        dataset.transform  # built now: a bad augment.policy is an error before the run dir is written
     cuda = accelerator.device.type == "cuda"
     train, val = torch_loaders(splits, d.batch_size, d.eval_batch_size, d.num_workers, seed, pin_memory=cuda)
     train, val = accelerator.prepare(train, val)  # sharding and device placement (non-blocking when pinned)

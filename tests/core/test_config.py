@@ -44,7 +44,7 @@ def test_bad_type_names_key_and_value():
 
 
 def test_bad_choice_lists_allowed():
-    with pytest.raises(FtlError, match=r"train.precision='fp8' is not one of: no, bf16, fp16"):
+    with pytest.raises(FtlError, match=r"command line: train.precision='fp8' is not one of: auto, no, bf16, fp16"):
         config.load("base", ["data.train_dir=/tmp", "train.precision=fp8"])
 
 

@@ -168,18 +168,23 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
     common = lfw_overrides(lfw, **{"data.image_size": 96, "train.epochs": 8, "data.batch_size": 8, "optim.lr": 1e-3,
                                    "augment.scale": "[0.7,1.0]"})  # fmt: skip
     results, batches = {}, {}
-    from accelerate import Accelerator
+    from core.data.datasets import build_loaders
+    from core.data.ffcv_loader import build_ffcv_loaders
+    from core.data.loaders import open_data
+    from core.data.transforms import augment_config, eval_transform, train_transform
 
-    from core.data.loaders import build_loaders, open_data
-    from core.data.transforms import augment_config
-
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     for loader in ("torch", "ffcv"):
         cfg = config.load("base", [*common, f"data.loader={loader}"])
-        source = open_data(cfg.data, 0, torch.device("cpu"))
-        imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-        train_loader, _ = build_loaders(source, cfg.data, 0, augment_config(cfg.augment), *imagenet, 96,
-                                        Accelerator(cpu=True), False)  # fmt: skip
-        engine.release_accelerator()
+        source, aug = open_data(cfg.data, 0, torch.device("cpu")), augment_config(cfg.augment)
+        if loader == "torch":
+            source.opened.train.make_transform = lambda n: train_transform(n, mean, std, aug)
+            source.opened.val.make_transform = lambda n: eval_transform(n, mean, std)
+            source.opened.train.set_image_size(96)
+            train_loader, _ = build_loaders(source.opened, 8, None, 0, 0, pin_memory=False)
+        else:
+            train_loader, _ = build_ffcv_loaders(cfg.data, source.opened, 0, aug, mean, std, 96, torch.device("cpu"),
+                                                 0, 1)  # fmt: skip
         batches[loader] = next(iter(train_loader))[0]
         results[loader] = engine.fit(cfg, tmp_path / loader)
     t, f = batches["torch"], batches["ffcv"]

@@ -53,6 +53,23 @@ def test_same_run_id_after_resume(lfw, tmp_path, monkeypatch):
     engine.fit(config.load("base", [*over, f"resume={tmp_path / 'run'}"]))
     runs = [read_offline_run(p) for p in sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))]
     assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"]  # one W&B run, continued
+    # how each part ended is in the run: the first stopped (preempted), the second finished, with the best kept
+    assert runs[0]["summary"]["ftl_status"] == "interrupted" and "preempted" in runs[0]["tags"]
+    assert runs[1]["summary"]["ftl_status"] == "completed" and "preempted" not in runs[1]["tags"]
+    assert {"max", "last"} <= set(runs[1]["summary"]["val_top1"])
+
+
+def test_a_failed_run_looks_failed_in_wandb(lfw, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    over = lfw_overrides(lfw, **{"tracking.wandb": "true", "data.batch_size": 8})
+
+    def boom() -> bool:
+        raise RuntimeError("a crash in the middle of training")
+
+    with pytest.raises(RuntimeError, match="a crash"):
+        engine.fit(config.load("base", over), tmp_path / "run", should_stop=boom)
+    (run,) = [read_offline_run(p) for p in (tmp_path / "run" / "wandb").glob("offline-run-*")]
+    assert run["summary"]["ftl_status"] == "failed" and "failed" in run["tags"] and run["exit_code"] == 1
 
 
 @pytest.mark.slow

@@ -377,7 +377,9 @@ def test_report_of_a_real_sweep(sweep_dir):
     best = report.load(sweep_dir).done[0]
     assert diff["optim.lr"] == ("0.001", best.params["optim.lr"], "trial")
     assert diff["train.epochs"][1:] == ("2", "sweep") and diff["data.val_dir"][2] == "sweep"
-    assert diff["tracking.name"] == ("null", best.rec.id, "ftl") and "data.train_dir" in diff
+    from core.tracking import run_name
+
+    assert diff["tracking.name"] == ("null", run_name(best.rec.overrides), "ftl") and "data.train_dir" in diff
     assert "model.name" not in diff and "augment.hflip" not in diff  # as in the recipe: not shown
     curves, layout = figure(page, "plot-curves")
     assert len(curves) == 2 * 4 and all(len(t["x"]) == 4 for t in curves[0:8:4])  # train_loss at each of 4 steps
