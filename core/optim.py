@@ -95,7 +95,8 @@ def param_group_table(optimizer: torch.optim.Optimizer, named: dict[int, str]) -
         span = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
         span = span if len(span) <= 44 else span[:41] + "..."
         count = sum(p.numel() for p in g["params"])
-        rows.append(f"{i:>5}  {span:<44} {g['initial_lr']:>9.2e} {g['weight_decay']:>7.3g} {count:>10,}")
+        peak = g.get("max_lr") or g.get("initial_lr") or g["lr"]  # one-cycle's initial_lr is its start (peak / 25)
+        rows.append(f"{i:>5}  {span:<44} {peak:>9.2e} {g['weight_decay']:>7.3g} {count:>10,}")
     return "\n".join(rows)
 
 

@@ -121,3 +121,17 @@ def test_lr_finder_on_a_known_problem_restores_weights():
     assert 1e-2 <= result.suggestions["valley"] <= 3.0, result.suggestions
     assert 1e-3 <= result.suggestions["minimum"] <= 3.0, result.suggestions
     assert all(math.isfinite(v) for v in result.losses)
+
+
+def test_parameter_group_table_shows_each_groups_peak():
+    """One-cycle starts at peak / 25: the table's 'peak lr' column must show the peak, per group."""
+    from core.optim import PhasedSchedule, param_group_table
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    for name in ("onecycle", "cosine"):  # groups scaled 0.1x and 1x of the peak (discriminative LRs)
+        opt = torch.optim.AdamW([{"params": model[0].parameters(), "lr": 1e-4, "ftl_lr_scale": 0.1},
+                                 {"params": model[1].parameters(), "lr": 1e-3, "ftl_lr_scale": 1.0}])  # fmt: skip
+        PhasedSchedule(opt, name, 1e-3, [20], 10)
+        rows = param_group_table(opt, {}).splitlines()[1:]
+        peaks = [float(r.split()[-3]) for r in rows]
+        assert peaks == [1e-4, 1e-3], (name, rows)
