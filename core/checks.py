@@ -126,7 +126,7 @@ def key_problems(key: str, value: Any) -> list[str]:
     """The rules of one key alone: its choices, range, sign, shape. A sweep checks each distinct value once."""
     if key in CHOICES and value not in CHOICES[key]:
         return [f"{key}={value!r} is not one of: {', '.join(CHOICES[key])}"]
-    if key in RANGES and (not _number(value) or not RANGES[key][0] <= value <= RANGES[key][1]):
+    if key in RANGES and value is not None and (not _number(value) or not RANGES[key][0] <= value <= RANGES[key][1]):
         return [f"{key}={value!r} must be between {RANGES[key][0]} and {RANGES[key][1]}"]
     if key in _POSITIVE_SET and value is not None and (not _number(value) or value <= 0):
         return [f"{key}={value!r} must be > 0"]

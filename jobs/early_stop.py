@@ -1,8 +1,9 @@
-"""ASHA-style early stopping of bad trials: Optuna's SuccessiveHalvingPruner over a journal file in the sweep dir.
+"""Early stopping of bad trials: an Optuna pruner (successive halving / ASHA by default, Hyperband or median) over
+the journal file in the sweep dir, reported at every epoch.
 
-Each trial reports its metric at every epoch; at the rungs (min_epochs, x reduction_factor, ...) a trial that is
-not in the top 1/reduction_factor of those that reached the rung is stopped. The journal file is the only shared
-state, so this works offline and across SLURM jobs on a shared file system; a requeued trial keeps its Optuna trial.
+A grid sweep's trial opens its own Optuna trial here (and tells it at the end); a search trial reports to the trial
+its worker asked for (`trial_id`), and the worker tells. The journal file is the only shared state, so this works
+offline and across SLURM jobs on a shared file system; a requeued trial keeps its Optuna trial.
 """
 
 from __future__ import annotations
@@ -12,22 +13,21 @@ from pathlib import Path
 from typing import Any
 
 
-class AshaReporter:
+class EpochReporter:
     def __init__(self, run_dir: str | None, storage: str, study: str, metric: str = "val_top1", mode: str = "max",
-                 min_epochs: int = 1, reduction_factor: int = 3):  # fmt: skip
+                 pruner: dict[str, Any] | None = None, trial_id: int | None = None, min_epochs: int = 1,
+                 reduction_factor: int = 3):  # fmt: skip
         import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.metric = metric
-        self.study = optuna.create_study(
-            storage=JournalStorage(JournalFileBackend(storage)), study_name=study, load_if_exists=True,
-            direction="maximize" if mode == "max" else "minimize",
-            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=reduction_factor),
-        )  # fmt: skip
+        from jobs.study import open_study
+
+        pruner = pruner or {"type": "asha", "min_epochs": min_epochs, "reduction_factor": reduction_factor}
+        self.metric, self.study = metric, open_study(storage, study, mode, pruner=pruner)
+        self.owned = trial_id is None  # a grid trial's own Optuna trial (told here); a search worker's (told there)
         marker = Path(run_dir or ".") / "optuna_trial.json"
-        if marker.is_file():  # requeued: continue the same Optuna trial
+        if trial_id is not None:
+            self.trial = optuna.trial.Trial(self.study, trial_id)
+        elif marker.is_file():  # requeued: continue the same Optuna trial
             self.trial = optuna.trial.Trial(self.study, json.loads(marker.read_text())["trial_id"])
         else:
             self.trial = self.study.ask()
@@ -37,12 +37,18 @@ class AshaReporter:
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Report the epoch's metric; True when the trial should stop."""
-        self.trial.report(metrics[self.metric], epoch)
+        import warnings
+
+        with warnings.catch_warnings():  # a resumed trial reports its last epoch again: Optuna keeps the first
+            warnings.simplefilter("ignore")
+            self.trial.report(metrics[self.metric], epoch)
         return self.trial.should_prune()
 
     def finish(self, result: dict[str, Any]) -> None:
         import optuna
 
+        if not self.owned:
+            return
         if result["status"] == "pruned":
             self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
         elif result["status"] == "completed":

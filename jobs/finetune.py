@@ -27,7 +27,7 @@ class FineTuneJob:
         self.recipe = recipe
         self.overrides = list(overrides)
         self.run_dir = run_dir
-        self.early_stop = early_stop  # {storage, study, metric, mode, min_epochs, reduction_factor}
+        self.early_stop = early_stop  # {storage, study, metric, mode, pruner, trial_id}: jobs/early_stop.py
         self.config = config  # a resolved config (`ftl train resume=DIR`), instead of recipe + overrides
         self.stop_signals = stop_signals  # each asks for a checkpoint and a clean stop; SIGINT twice stops at once
         self.resume_existing = resume_existing  # a run already in run_dir is continued (a requeued trial)
@@ -51,9 +51,9 @@ class FineTuneJob:
             cfg.resume = self.run_dir  # a requeued or resumed job continues where the last one stopped
         reporter = None
         if self.early_stop and os.environ.get("RANK", "0") == "0":
-            from jobs.early_stop import AshaReporter
+            from jobs.early_stop import EpochReporter
 
-            reporter = AshaReporter(run_dir=self.run_dir, **self.early_stop)
+            reporter = EpochReporter(run_dir=self.run_dir, **self.early_stop)
         handlers = {sig: signal.signal(sig, self._request_stop) for sig in self.stop_signals}
         try:
             result = engine.fit(cfg, self.run_dir, should_stop=lambda: self._stop, on_epoch_end=reporter)

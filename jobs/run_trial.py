@@ -1,4 +1,4 @@
-"""Run one trial from its spec file: `python -m jobs.run_trial SWEEP_DIR/trials/<id>/trial.json`.
+"""Run one trial (or an adaptive search's worker slot) from its spec file: `python -m jobs.run_trial trial.json`.
 
 Used by the local executor (one subprocess per trial). Exit codes: 0 completed or pruned, 3 interrupted (a
 checkpoint was saved; `ftl resume` continues it), 2 a user error, 1 a crash.
@@ -17,7 +17,12 @@ def main(spec_path: str) -> int:
     spec = json.loads(open(spec_path).read())
     try:
         # the spec's env was given to this process by the runner (set before torch is imported)
-        result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"))()
+        if spec.get("search_slot") is not None:
+            from jobs.search_worker import SearchWorker
+
+            result = SearchWorker(spec["sweep_dir"], spec["search_slot"])()
+        else:
+            result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"))()
     except FtlError as e:
         print(f"ftl: error: {e}", file=sys.stderr)
         return 2

@@ -107,8 +107,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         sweep = load_sweep(args.sweep_file, args.overrides)
         cluster = load_cluster(args.cluster)
+        if sweep.notes:
+            print(f"ftl: read as: {'; '.join(sweep.notes)}")
+        if sweep.search:
+            s = sweep.search
+            print(f"ftl: sweep {sweep.name}: a {s['method']} search of {s['n_trials']} trials over {len(s['space'])} "
+                  f"parameters, {s['max_parallel']} workers, recipe {sweep.recipe} on cluster {cluster.name} "
+                  f"({cluster.executor}); every value of the space valid")  # fmt: skip
+            for key, dist in s["space"].items():
+                print(f"  {key}: {dist}")
+            return 0
         print(f"ftl: sweep {sweep.name}: {len(sweep.trials)} trials of recipe {sweep.recipe} on cluster {cluster.name} "
-              f"({cluster.executor}); all overrides valid")  # fmt: skip
+              f"({cluster.executor}); every trial valid")  # fmt: skip
         for t in sweep.trials[: args.show]:
             print(f"  {t.id}  {' '.join(t.overrides)}")
         if len(sweep.trials) > args.show:
@@ -117,11 +127,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from launcher.control import submit_sweep
 
     def created(sweep_dir, man) -> None:
-        print(f"ftl: sweep dir {sweep_dir}: queueing {len(man.trials)} trials on {man.cluster['name']}", flush=True)
+        what = (f"{len(man.jobs)} worker slots of a {man.search['method']} search ({man.search['n_trials']} trials)"
+                if man.search else f"{len(man.jobs)} trials")  # fmt: skip
+        print(f"ftl: sweep dir {sweep_dir}: queueing {what} on {man.cluster['name']}", flush=True)
 
-    sweep_dir, man, note = submit_sweep(args.sweep_file, args.cluster, args.out, args.overrides, created)
-    print(f"ftl: queued {sum(bool(t.job_ids) for t in man.trials.values())} of {len(man.trials)} trials "
-          f"on {man.cluster['name']}")  # fmt: skip
+    sweep_dir, man, note = submit_sweep(args.sweep_file, args.cluster, args.out, args.overrides, created,
+                                        lambda notes: print(f"ftl: read as: {'; '.join(notes)}"))  # fmt: skip
+    queued = sum(bool(t.job_ids) for t in man.jobs.values())
+    what = "worker slots" if man.search else "trials"
+    print(f"ftl: queued {queued} of {len(man.jobs)} {what} on {man.cluster['name']}")
     if note:
         print(f"ftl: note: {note}")
     print(f"ftl: sweep dir {sweep_dir}  (ftl status / wait / resume / cancel {sweep_dir})")
@@ -129,7 +143,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launcher.control import progress_line, refresh, wait
+    from launcher.control import progress_line, refresh
 
     if args.watch:
         watch(args.sweep_dir, args.poll, 0, args.limit)

@@ -8,7 +8,6 @@ fresh inside it (launcher/manifest.py), so two commands at once never queue a tr
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ from launcher.sweep import Sweep, load_sweep
 
 
 def early_stop_spec(sweep: Sweep, sweep_dir: Path) -> dict[str, Any] | None:
-    """What each trial's early-stopping reporter needs (the sweep file's keys were checked by load_sweep)."""
-    block = sweep.early_stop
-    if not block:
+    """What each grid trial's early-stopping reporter needs (jobs/early_stop.py; a search's workers pass theirs)."""
+    if not sweep.early_stop or sweep.search:
         return None
     return {"storage": str(sweep_dir.resolve() / "optuna.journal"), "study": sweep.name, "metric": sweep.metric,
-            "mode": sweep.mode, "min_epochs": int(block.get("min_epochs", 1)),
-            "reduction_factor": int(block.get("reduction_factor", 3))}  # fmt: skip
+            "mode": sweep.mode, "pruner": sweep.early_stop}  # fmt: skip
 
 
 def check_wandb_login(sweep: Sweep, cluster: ClusterConfig) -> None:
@@ -60,38 +57,62 @@ def executor_for(man: mf.Manifest) -> Executor:
 
 
 def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, overrides: list[str],
-                 on_created=lambda sweep_dir, man: None) -> tuple[Path, mf.Manifest, str]:  # fmt: skip
+                 on_created=lambda sweep_dir, man: None, say=lambda text: None) -> tuple[Path, mf.Manifest, str]:  # fmt: skip
     """Expand and validate, write the sweep dir complete, then queue its trials; returns (sweep dir, manifest, note).
 
     A refusal before anything was queued removes the sweep dir again; after that, the dir stays (with what was
     queued recorded) and `ftl resume` queues the rest. Ctrl-C never removes a dir with queued jobs."""
     sweep = load_sweep(sweep_file, overrides)
+    if sweep.notes:
+        say(sweep.notes)
     cluster = load_cluster(cluster_name)
     check_wandb_login(sweep, cluster)
     check_secrets(cluster)
     sweep_dir = Path(out) if out else Path("sweeps") / f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if sweep_dir.exists() and sweep.search and (sweep_dir / mf.SWEEP).is_file():
+        return extend_search(sweep_dir, sweep), mf.read(sweep_dir), "the search continues with its study"
     if sweep_dir.exists():
         raise FtlError(f"sweep dir {sweep_dir} already exists; continue it with `ftl resume {sweep_dir}` or pick --out")
     executor = create_executor(cluster, sweep_dir)
     executor.limits()  # the cluster answers (partition exists, limits readable) before the dir is written
     resolved = config_lib.read_recipe(config_lib.resolve_recipe(sweep.recipe))
-    trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"trials/{t.id}") for t in sweep.trials}
+    folder = "workers" if sweep.search else "trials"
+    trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"{folder}/{t.id}") for t in sweep.trials}
     man = mf.Manifest(sweep.name, sweep.recipe, sweep.overrides, sweep.metric, sweep.mode, public_dict(cluster),
-                      early_stop_spec(sweep, sweep_dir), mf.now(), trials, sweep_file=sweep.path, uid=mf.new_uid())  # fmt: skip
+                      early_stop_spec(sweep, sweep_dir), mf.now(), trials, sweep_file=sweep.path, uid=mf.new_uid(),
+                      search=sweep.search)  # fmt: skip
     mf.create(sweep_dir, man, {"recipe.yaml": yaml.safe_dump(resolved, sort_keys=False),
                                "sweep.yaml": yaml.safe_dump(sweep.spec, sort_keys=False)})  # fmt: skip
     on_created(sweep_dir, man)
     try:
         with mf.locked(sweep_dir) as man:
-            note = executor.submit(man, list(man.trials.values()))
+            note = executor.submit(man, list(man.jobs.values()))
     except FtlError as e:
-        queued = sum(bool(t.job_ids) for t in mf.read(sweep_dir).trials.values())
+        queued = sum(bool(t.job_ids) for t in mf.read(sweep_dir).jobs.values())
         if not queued:
             shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing was queued: leave nothing behind
             raise
-        raise FtlError(f"{e}; {queued} of {len(man.trials)} trials were queued and are recorded in {sweep_dir}: "
+        raise FtlError(f"{e}; {queued} of {len(man.jobs)} jobs were queued and are recorded in {sweep_dir}: "
                        f"fix the cause, then `ftl resume {sweep_dir}` queues the rest") from None  # fmt: skip
     return sweep_dir, man, note
+
+
+def extend_search(sweep_dir: Path, sweep: Sweep) -> Path:
+    """`ftl sweep FILE --out DIR n_trials=N` on an existing search: the same study with a new budget (and worker
+    count), then its workers resumed. A changed space, method or metric is refused: it would be another study."""
+    with mf.locked(sweep_dir) as man:
+        old, new = man.search, sweep.search
+        if not old or not new:
+            raise FtlError(f"sweep dir {sweep_dir} is not a search: continue it with `ftl resume {sweep_dir}`")
+        changed = [k for k in ("space_hash", "method", "seed") if old.get(k) != new.get(k)]
+        changed += [k for k in ("metric", "mode", "recipe") if getattr(man, k) != getattr(sweep, k)]
+        if changed:
+            raise FtlError(f"sweep dir {sweep_dir} holds a search with another {' / '.join(changed).replace('_hash', '')}: "
+                           "resuming a study with a changed search space would mix two searches; pick a new --out")  # fmt: skip
+        man.search = {**old, "n_trials": new["n_trials"]}
+        mf.rewrite_sweep(man)
+    resume(sweep_dir)
+    return sweep_dir
 
 
 @dataclass
@@ -128,7 +149,7 @@ def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
     for t in man.trials.values():
         progress, result = files(t) if t.attempt else ({}, {})
         epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if "epochs" in progress else "-"
-        metric = result.get(man.metric, progress.get(man.metric))
+        metric = result.get(man.metric, progress.get(man.metric, t.result.get(man.metric)))
         best = progress.get("best") if isinstance(progress.get("best"), (int, float)) else None
         live = st.phase(t.state) == "live" and "steps_per_epoch" in progress
         rows.append(Row(t.id, t.state, epoch, metric if isinstance(metric, (int, float)) else None, best,
@@ -148,13 +169,16 @@ def resume(sweep_dir: str | Path) -> tuple[list[str], str]:
         executor = create_executor(cluster, sweep_dir)
         executor.recover(man, cancel_orphans=True)
         executor.refresh(man, mf.TrialFiles(man))
-        todo = [t for t in man.trials.values() if st.needs_resume(t.state)]
+        todo = [t for t in man.jobs.values() if st.needs_resume(t.state)]
+        if man.search and not search_has_work(man):
+            todo = []  # the budget is spent and no trial was left unfinished
         held = [t.job_id for t in todo if st.phase(t.state) == "held" and t.job_id]
         if held:
             executor.cancel(held)  # REQUEUE_HOLD / SPECIAL_EXIT: cancelled, then queued afresh (exact resume)
         if not todo:
             executor.after_change(man)
-            return [], "nothing to resume: every trial is completed, pruned, queued or running"
+            what = "the search's budget is spent" if man.search else "every trial is completed, pruned, queued or running"
+            return [], f"nothing to resume: {what}"
         note = executor.submit(man, todo)
     return [t.id for t in todo if t.job_ids and t.state == "PENDING"], note
 
@@ -167,7 +191,7 @@ def cancel(sweep_dir: str | Path) -> int:
         executor = executor_for(man)
         executor.recover(man, cancel_orphans=True)
         executor.refresh(man, mf.TrialFiles(man))
-        live = [t for t in man.trials.values() if t.job_id and st.phase(t.state) in ("pending", "live", "held", "unknown")]
+        live = [t for t in man.jobs.values() if t.job_id and st.phase(t.state) in ("pending", "live", "held", "unknown")]
         for t in live:
             man.update(t, cancelled=True, state="CANCELLED")
         mf.save_states(man)
@@ -196,16 +220,27 @@ def wait(sweep_dir: str | Path, poll_s: float = 5.0, timeout_s: float | None = D
     while True:
         man, rows = refresh(sweep_dir)
         on_update(man, rows)
-        settled = sum(st.is_settled(t.state) for t in man.trials.values())
-        if settled == len(man.trials):
+        settled = sum(st.is_settled(t.state) for t in man.jobs.values())  # a search: its workers
+        if settled == len(man.jobs):
             return man
         if timeout_s and time.monotonic() - start > timeout_s:
-            raise FtlError(f"ftl wait: {len(man.trials) - settled} trials not done after {timeout_s:.0f}s "
+            raise FtlError(f"ftl wait: {len(man.jobs) - settled} jobs not done after {timeout_s:.0f}s "
                            f"(`ftl status {sweep_dir}`; --timeout 0 waits for ever)")  # fmt: skip
         time.sleep(poll_s)
 
 
 def progress_line(man: mf.Manifest) -> str:
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in mf.counts(man).items())
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in mf.counts(man).items()) or "no trial yet"
     best = man.best()
-    return counts + (f"; best {man.metric} {best.result[man.metric]:.4f} ({best.id})" if best else "")
+    line = counts + (f"; best {man.metric} {best.result[man.metric]:.4f} ({best.id})" if best else "")
+    if man.search:
+        s = man.search
+        workers = ", ".join(f"{n} {k.lower()}" for k, n in mf.counts(man, man.jobs).items())
+        line = f"{s['method']} search, {len(man.trials)}/{s['n_trials']} trials asked: {line}; workers: {workers}"
+    return line
+
+
+def search_has_work(man: mf.Manifest) -> bool:
+    """Trials left to ask, or a trial left unfinished by a worker that is gone."""
+    unfinished = any(t.state in ("RUNNING", "STALLED") for t in man.trials.values())
+    return len(man.trials) < man.search["n_trials"] or unfinished  # type: ignore[index]

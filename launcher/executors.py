@@ -43,6 +43,8 @@ class TrialSpec:
     run_dir: str  # absolute
     early_stop: dict | None = None
     attempt: int = 1  # the trial's submissions so far, this one included
+    search_slot: int | None = None  # an adaptive search's worker slot (jobs/search_worker.py) instead of one trial
+    sweep_dir: str = ""
 
 
 def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
@@ -50,11 +52,14 @@ def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
     from core.tracking import run_name, sweep_group
 
     sweep_dir = _absolute(man.dir)
+    if man.search:  # a worker slot: it asks its trials itself
+        return TrialSpec(record.id, "", [], f"{sweep_dir}/{record.run_dir}", None, record.attempt,
+                         int(record.id.removeprefix("w")), sweep_dir)  # fmt: skip
     group = sweep_group(man.name, man.uid)  # every launch its own W&B group
     name = run_name(record.overrides) or record.id  # what distinguishes the trial (quoted: values may hold commas)
     wandb = [f"tracking.group={json.dumps(group)}", f"tracking.name={json.dumps(name)}"]
     return TrialSpec(record.id, f"{sweep_dir}/recipe.yaml", [*wandb, *man.overrides, *record.overrides],
-                     f"{sweep_dir}/{record.run_dir}", man.early_stop, record.attempt)  # fmt: skip
+                     f"{sweep_dir}/{record.run_dir}", man.early_stop, record.attempt, sweep_dir=sweep_dir)  # fmt: skip
 
 
 CLIENT_VARS = ("SLURM_CONF",)  # the SLURM client's own configuration, not the state of an enclosing job
@@ -176,7 +181,7 @@ class Executor(ABC):
         """Trials left SUBMITTING by a killed command: adopt the jobs the scheduler has under their token. With
         cancel_orphans, a job that cannot run is cancelled and its trial marked unsubmitted (NEW) again; without,
         such trials stay SUBMITTING (for `ftl resume` to settle). Returns the trials marked NEW."""
-        stuck = [r for r in man.trials.values() if r.state == "SUBMITTING"]
+        stuck = [r for r in man.jobs.values() if r.state == "SUBMITTING"]
         if not stuck:
             return []
         found = self.find_jobs(man, {r.token for r in stuck if r.token})
@@ -197,7 +202,7 @@ class Executor(ABC):
     def refresh(self, man: mf.Manifest, read_run_dir) -> None:
         """Derive the state of every submitted trial that has not succeeded from its job and its run dir (see
         `derive_state`). Failed ones are asked again: SLURM requeues after NODE_FAIL or PREEMPTED."""
-        watch = [r for r in man.trials.values() if r.job_id and not st.is_success(r.state)]
+        watch = [r for r in man.jobs.values() if r.job_id and not st.is_success(r.state)]
         job_states = self.states(man, watch) if watch else {}
         for record in watch:
             progress, result = read_run_dir(record)

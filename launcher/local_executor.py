@@ -128,7 +128,7 @@ class LocalExecutor(Executor):
 
     def after_change(self, man: mf.Manifest) -> None:
         """Start a runner when trials wait for one and none is alive (a killed runner is replaced here)."""
-        waiting = any(r.state == "PENDING" and r.job_id and not r.cancelled for r in man.trials.values())
+        waiting = any(r.state == "PENDING" and r.job_id and not r.cancelled for r in man.jobs.values())
         if waiting and not runner_alive(self.sweep_dir):
             start_runner(self.sweep_dir, self.cluster.max_parallel, job_environment(self.cluster))
 

@@ -53,12 +53,12 @@ class Runner:
         self.offset = 0
 
     def run_dir(self, trial_id: str) -> Path:
-        return self.sweep_dir / self.sweep.trials[trial_id].run_dir
+        return self.sweep_dir / self.sweep.jobs[trial_id].run_dir
 
     def take_new_entries(self) -> None:
         entries, self.offset = read_queue(self.sweep_dir, self.offset)
         for token, _, trial_id, attempt in entries:
-            if (trial_id, attempt) in self.seen or trial_id not in self.sweep.trials:
+            if (trial_id, attempt) in self.seen or trial_id not in self.sweep.jobs:
                 continue
             self.seen.add((trial_id, attempt))
             job = read_local_job(self.run_dir(trial_id))
@@ -95,8 +95,8 @@ class Runner:
         with mf.lock(self.sweep_dir):
             while self.pending and len(self.running) < self.max_parallel:
                 trial_id, attempt, token = self.pending.pop(0)
-                record = mf.read_state(self.sweep_dir, mf.TrialRecord(trial_id, self.sweep.trials[trial_id].overrides,
-                                                                      self.sweep.trials[trial_id].run_dir),
+                record = mf.read_state(self.sweep_dir, mf.TrialRecord(trial_id, self.sweep.jobs[trial_id].overrides,
+                                                                      self.sweep.jobs[trial_id].run_dir),
                                        self.batch(token))  # fmt: skip
                 if record.attempt != attempt or record.cancelled or record.state not in ("PENDING", "SUBMITTING"):
                     continue  # cancelled, or resubmitted since (a later queue line carries the new attempt)
@@ -120,10 +120,12 @@ class Runner:
         run_dir = Path(spec.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "trial.json", {"recipe": spec.recipe, "overrides": spec.overrides,
-                                                   "run_dir": spec.run_dir, "early_stop": spec.early_stop})  # fmt: skip
+                                                   "run_dir": spec.run_dir, "early_stop": spec.early_stop,
+                                                   "search_slot": spec.search_slot, "sweep_dir": spec.sweep_dir})  # fmt: skip
         with open(run_dir / "train.log", "a") as log:  # the child keeps its own copy
             proc = subprocess.Popen([sys.executable, "-m", "jobs.run_trial", str(run_dir / "trial.json")], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, "FTL_LOCAL_JOB": f"local-{record.id}.{record.attempt}"})  # fmt: skip
         child = Child(record.id, record.attempt, proc.pid, process_start(proc.pid), proc)
         self.record(record.id, record.attempt, "RUNNING", proc.pid, start=child.start, started=time.time())
         return child

@@ -35,13 +35,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from core.errors import FtlError
 from core.fileio import write_atomic
-from launcher import states as st
 
 SWEEP = "sweep.json"
 INDEX = "manifest.json"
@@ -85,10 +84,15 @@ class Manifest:
     trials: dict[str, TrialRecord]
     sweep_file: str = ""
     uid: str = ""  # random, per launch: W&B group suffix and SLURM job names
+    search: dict[str, Any] | None = None  # an adaptive search (launcher/search.py): its jobs are worker slots
     version: int = VERSION
     dir: Path = Path(".")
-    changed: set[str] = field(default_factory=set)  # trial ids whose state must be written back
+    changed: set[str] = field(default_factory=set)  # job ids whose state must be written back
     index_stale: bool = False  # manifest.json is behind the state files
+    jobs: dict[str, TrialRecord] = field(default_factory=dict)  # what is submitted: the trials, or a search's slots
+
+    def __post_init__(self) -> None:
+        self.jobs = self.jobs or self.trials
 
     def best(self) -> TrialRecord | None:
         done = [t for t in self.trials.values() if isinstance(t.result.get(self.metric), (int, float))]
@@ -109,7 +113,7 @@ class Manifest:
         return f"ftl-{self.name}-{self.uid}"
 
 
-RUNTIME_FIELDS = {"dir", "changed", "index_stale", "trials"}  # not stored in sweep.json
+RUNTIME_FIELDS = {"dir", "changed", "index_stale", "trials", "jobs"}  # not stored in sweep.json
 
 
 def new_uid() -> str:
@@ -150,7 +154,7 @@ def save_states(man: Manifest, ids: set[str] | None = None) -> None:
         return
     state_dir = man.dir / STATE_DIR
     for trial_id in ids:
-        record = man.trials[trial_id]
+        record = man.jobs[trial_id]
         data = {k: getattr(record, k) for k in STATE_KEYS}
         _write_small(state_dir / f"{trial_id}.json", json.dumps(data, separators=(",", ":")).encode())
     sync_dir(state_dir)
@@ -160,10 +164,13 @@ def save_states(man: Manifest, ids: set[str] | None = None) -> None:
 
 def write_index(man: Manifest) -> None:
     """manifest.json: the sweep and one row per trial, for people and tools (ftl reads the state files)."""
-    rows = {t.id: {"state": t.state, "job_id": t.job_id, "attempt": t.attempt, "run_dir": t.run_dir,
-                   "overrides": t.overrides, man.metric: t.result.get(man.metric)} for t in man.trials.values()}  # fmt: skip
+    def rows(records: dict[str, TrialRecord]) -> dict[str, Any]:
+        return {t.id: {"state": t.state, "job_id": t.job_id, "attempt": t.attempt, "run_dir": t.run_dir,
+                       "overrides": t.overrides, man.metric: t.result.get(man.metric)} for t in records.values()}  # fmt: skip
+
     meta = {k: v for k, v in sweep_data(man).items() if k != "trials"}
-    _write_json(man.dir / INDEX, {**meta, "trials": rows})
+    workers = {"workers": rows(man.jobs)} if man.search else {}
+    _write_json(man.dir / INDEX, {**meta, "trials": rows(man.trials), **workers})
     man.index_stale = False
 
 
@@ -174,7 +181,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def sweep_data(man: Manifest) -> dict[str, Any]:
     data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in RUNTIME_FIELDS}
-    data["trials"] = {t.id: t.overrides for t in man.trials.values()}
+    data["trials"] = {t.id: t.overrides for t in man.jobs.values()}
     return data
 
 
@@ -224,7 +231,7 @@ def read_sweep(sweep_dir: Path) -> Manifest:
 def read_state(sweep_dir: Path, record: TrialRecord, batch: dict[str, Any] | None = None) -> TrialRecord:
     """Fill one record from a batch it is in and from its own state file (where that is as new)."""
     if batch is not None:
-        apply_batch(Manifest("", "", [], "", "", {}, None, "", {record.id: record}), batch)
+        apply_batch(Manifest("", "", [], "", "", {}, None, "", {record.id: record}), batch)  # just this record
     path = sweep_dir / STATE_DIR / f"{record.id}.json"
     if path.is_file():
         _apply_state(record, _load_json(path), path)
@@ -243,10 +250,28 @@ def read(sweep_dir: str | Path) -> Manifest:
     state_dir = sweep_dir / STATE_DIR
     for name in _listdir(state_dir):
         trial_id = name.removesuffix(".json")
-        if name.startswith(".") or not name.endswith(".json") or trial_id not in man.trials:
-            continue  # a temporary file, or not a trial of this sweep: ignored
-        _apply_state(man.trials[trial_id], _load_json(state_dir / name), state_dir / name)
+        if name.startswith(".") or not name.endswith(".json") or trial_id not in man.jobs:
+            continue  # a temporary file, or not a job of this sweep: ignored
+        _apply_state(man.jobs[trial_id], _load_json(state_dir / name), state_dir / name)
+    if man.search:
+        man.trials = search_trials(man)
     return man
+
+
+def search_trials(man: Manifest) -> dict[str, TrialRecord]:
+    """A search's trials as its workers wrote them (jobs/search_worker.py); a RUNNING one whose heartbeat stopped
+    longer ago than stale_after_s is STALLED (its worker died: another, or `ftl resume`, takes it over)."""
+    from jobs.search_worker import heartbeat_age, read_trials
+
+    out = {}
+    for trial_id, data in sorted(read_trials(man.dir).items()):
+        state = data.get("state", "RUNNING")
+        if state == "RUNNING" and heartbeat_age(man.dir, trial_id) > man.search["stale_after_s"]:  # type: ignore[index]
+            state = "STALLED"
+        result = data.get("result") if isinstance(data.get("result"), dict) else {}
+        out[trial_id] = TrialRecord(trial_id, list(data["overrides"]), f"trials/{trial_id}", state,
+                                    int(data.get("attempt", 1)), [str(data.get("job", "-"))], result=result)  # fmt: skip
+    return out
 
 
 def _listdir(path: Path) -> list[str]:
@@ -276,7 +301,7 @@ def apply_batch(man: Manifest, batch: dict[str, Any]) -> None:
     """A batch's trials (in attempts not superseded) become SUBMITTING, or PENDING with their job id."""
     job_ids = batch["job_ids"]
     for index, (trial_id, attempt) in enumerate(batch["trials"]):
-        record = man.trials.get(trial_id)
+        record = man.jobs.get(trial_id)
         if record is None or attempt < record.attempt:
             continue
         record.attempt, record.token, record.index = attempt, batch["token"], index
@@ -326,7 +351,8 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
         problems.append(f"trial {bad[0]}'s overrides are not a list of strings")
     if problems:
         raise FtlError(f"{path} is damaged or not ftl's: {'; '.join(problems)}")
-    trials = {k: TrialRecord(k, list(v), f"trials/{k}") for k, v in data["trials"].items()}
+    folder = "workers" if data.get("search") else "trials"  # a search's jobs are its worker slots
+    trials = {k: TrialRecord(k, list(v), f"{folder}/{k}") for k, v in data["trials"].items()}
     known = {f.name for f in fields(Manifest)} - RUNTIME_FIELDS
     return Manifest(**{k: v for k, v in data.items() if k in known and k != "trials"}, trials=trials)
 
@@ -361,12 +387,17 @@ def _read_v1(sweep_dir: Path) -> Manifest:
     return man
 
 
+def rewrite_sweep(man: Manifest) -> None:
+    """sweep.json again (under the lock): only a search's budget changes this way."""
+    _write_json(man.dir / SWEEP, sweep_data(man))
+
+
 def upgrade_v1(man: Manifest) -> None:
     """Write a v1 sweep dir in the new layout (under the lock): sweep.json and a state file per submitted trial."""
     man.uid = man.uid or new_uid()
     (man.dir / STATE_DIR).mkdir(exist_ok=True)
     _write_json(man.dir / SWEEP, sweep_data(man))
-    man.changed |= {t.id for t in man.trials.values() if t.attempt}
+    man.changed |= {t.id for t in man.jobs.values() if t.attempt}
 
 
 @contextlib.contextmanager
@@ -426,17 +457,9 @@ class TrialFiles:
         return self.cache[record.id]
 
 
-def counts(man: Manifest) -> dict[str, int]:
-    """Trials per state, most common first."""
+def counts(man: Manifest, records: dict[str, TrialRecord] | None = None) -> dict[str, int]:
+    """Trials (or the given records) per state, most common first."""
     out: dict[str, int] = {}
-    for t in man.trials.values():
+    for t in (man.trials if records is None else records).values():
         out[t.state] = out.get(t.state, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
-
-
-def finished(man: Manifest) -> list[TrialRecord]:
-    return [t for t in man.trials.values() if st.is_final(t.state)]
-
-
-def as_dict(record: TrialRecord) -> dict[str, Any]:
-    return asdict(record)

@@ -97,13 +97,11 @@ class SlurmExecutor(Executor):
     def _submit_batch(self, specs: list[TrialSpec], job_name: str) -> list[str]:
         import submitit
 
-        from jobs.finetune import FineTuneJob
-
         executor = self._submitit(len(specs), job_name)
         _, secret = job_environment(self.cluster)
         try:  # secrets reach the job through sbatch's --export=ALL; sbatch's complaints come back in the error
             with submission_env(secret), contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                jobs = [executor.submit(FineTuneJob(s.recipe, s.overrides, s.run_dir, s.early_stop)) for s in specs]
+                jobs = [executor.submit(job_of(s)) for s in specs]
         except submitit.core.utils.FailedJobError as e:  # sbatch refused: SLURM's own words
             raise FtlError(f"sbatch failed: {slurm_message(e)}") from None
         return [job.job_id for job in jobs]
@@ -152,6 +150,16 @@ class SlurmExecutor(Executor):
     def cancel(self, job_ids: list[str]) -> None:
         for start in range(0, len(job_ids), 1000):
             _run(["scancel", *job_ids[start : start + 1000]])
+
+
+def job_of(spec: TrialSpec):
+    """What a SLURM task runs: one trial, or an adaptive search's worker slot."""
+    from jobs.finetune import FineTuneJob
+    from jobs.search_worker import SearchWorker
+
+    if spec.search_slot is not None:
+        return SearchWorker(spec.sweep_dir, spec.search_slot)
+    return FineTuneJob(spec.recipe, spec.overrides, spec.run_dir, spec.early_stop)
 
 
 def _read_states(text: str, found: dict[str, str], only: set[str] | None = None) -> None:

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from core import config as config_lib
+from core.config import format_value
 from core.errors import FtlError, did_you_mean
 
-SWEEP_KEYS = ("recipe", "name", "overrides", "grid", "zip", "random", "seeds", "metric", "mode", "early_stop")
-EARLY_STOP_KEYS = ("min_epochs", "reduction_factor")
+SWEEP_KEYS = ("recipe", "name", "overrides", "grid", "zip", "random", "seeds", "metric", "mode", "early_stop",
+              "method", "space", "n_trials", "max_parallel", "seed", "stale_after_s", "program")  # fmt: skip
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 
 
@@ -52,16 +51,11 @@ class Sweep:
     metric: str
     mode: str
     early_stop: dict[str, Any] | None
-    trials: list[Trial] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)  # a search's: its worker slots w0, w1, ...
     spec: dict[str, Any] = field(default_factory=dict)  # the file as read
     base_config: Any = None  # the recipe + sweep-wide overrides, built once by validate()
-
-
-def format_value(value: Any) -> str:
-    """A value as an override string that parses back to the same value (YAML flow style)."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value) if isinstance(value, (list, dict)) else yaml.safe_dump(value).strip().removesuffix("\n...")
+    search: dict[str, Any] | None = None  # an adaptive search (launcher/search.py); None: trials fixed up front
+    notes: list[str] = field(default_factory=list)  # what was read how (a W&B file's mapping), said once
 
 
 def trial_id(overrides: list[str]) -> str:
@@ -133,8 +127,13 @@ def _distribution(key: str, spec: Any, path: str):
         raise FtlError(f"{path}: random.params.{key}: {kind} needs [low, high] with low <= high ({e})") from None
 
 
+SEARCH_SETTINGS = ("n_trials", "max_parallel", "seed")  # sweep-level settings a command line may set (key=value)
+
+
 def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sweep:
-    """Read, expand and validate a sweep file; raise one FtlError naming the file, key and value."""
+    """Read, expand and validate a sweep file (ftl's or W&B's); raise one FtlError naming the file, key and value."""
+    from launcher import search as search_lib
+
     path = Path(path)
     if not path.is_file():
         named = config_lib.RECIPES_DIR.parent / "sweeps" / f"{path}.yaml"
@@ -142,15 +141,38 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
             raise FtlError(f"sweep file not found: {path}")
         path = named
     spec = config_lib.read_yaml_mapping(path, "sweep file")
+    extra = list(extra_overrides or [])
+    for item in [o for o in extra if o.split("=", 1)[0] in SEARCH_SETTINGS]:  # n_trials=40 on the command line
+        spec[item.split("=", 1)[0]] = config_lib.parse_override(f"optim.lr={item.split('=', 1)[1]}")[1]
+        extra.remove(item)
+    notes: list[str] = []
+    if search_lib.is_wandb(spec) and spec.get("method") == "grid":
+        spec, notes = _wandb_grid(spec, path)
+    adaptive = search_lib.is_wandb(spec) or spec.get("method") in search_lib.METHODS
+    allowed = search_lib.WANDB_KEYS if search_lib.is_wandb(spec) else SWEEP_KEYS
     for key in spec:
-        if key not in SWEEP_KEYS:
-            raise FtlError(f"{path}: unknown sweep key '{key}'{did_you_mean(key, SWEEP_KEYS)}")
+        if key not in allowed:
+            raise FtlError(f"{path}: unknown sweep key '{key}'{did_you_mean(key, allowed)}")
+    if spec.get("method") not in (None, "grid", *search_lib.METHODS, *search_lib.WANDB_METHODS):
+        search_lib.parse_search(spec, path)  # names the unknown method and what exists
     if "recipe" not in spec:
-        raise FtlError(f"{path}: 'recipe' is required (the base recipe every trial starts from)")
+        if not search_lib.is_wandb(spec):
+            raise FtlError(f"{path}: 'recipe' is required (the base recipe every trial starts from)")
+        spec = {**spec, "recipe": "fine_tune"}
+        notes.append("recipe fine_tune (a W&B sweep file names none: add `recipe:` to choose)")
+    metric, mode = search_lib.parse_metric(spec, path)
+    if adaptive:
+        search, mapped = search_lib.parse_search(spec, path)
+        notes += mapped
+        fixed = [*(spec.get("overrides") or []), *extra]
+        trials = [Trial(f"w{i}", []) for i in range(search["max_parallel"])]
+        sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed], metric,
+                      mode, search["early_stop"], trials, spec, search=search, notes=notes)  # fmt: skip
+        validate(sweep, search_lib.corner_overrides(search["space"]))
+        return sweep
     seeds = spec.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise FtlError(f"{path}: seeds must be a list of ints, got {seeds!r}")
-    extra = extra_overrides or []
     axes = {o.split("=", 1)[0]: values for o in extra if (values := config_lib.comma_values(o))}  # Hydra: a=1,2
     if axes:
         grid = spec.get("grid") or {}
@@ -166,31 +188,37 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
     trials = [Trial(trial_id(c), c) for c in combos]
     if len({t.id for t in trials}) != len(trials):
         raise FtlError(f"{path}: some trials have identical overrides; remove the duplicate values")
-    mode = spec.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise FtlError(f"{path}: mode={mode!r} must be max or min")
-    _check_early_stop(spec.get("early_stop"), path)
-    sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed],
-                  spec.get("metric", "val_top1"), mode, spec.get("early_stop"), trials, spec)  # fmt: skip
+    early = search_lib.parse_pruner(spec.get("early_stop"), path)
+    sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed], metric,
+                  mode, early, trials, spec, notes=notes)  # fmt: skip
     validate(sweep)
     return sweep
 
 
-def _check_early_stop(block: Any, path: Path) -> None:
-    if block is None:
-        return
-    if not isinstance(block, dict):
-        raise FtlError(f"{path}: early_stop must map {', '.join(EARLY_STOP_KEYS)} to integers, got {block!r}")
-    for key, value in block.items():
-        if key not in EARLY_STOP_KEYS:
-            raise FtlError(f"{path}: early_stop.{key} is not a key{did_you_mean(str(key), EARLY_STOP_KEYS)}; "
-                           f"use {', '.join(EARLY_STOP_KEYS)}")  # fmt: skip
-        low = 2 if key == "reduction_factor" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise FtlError(f"{path}: early_stop.{key}={value!r} must be an integer >= {low}")
+def _wandb_grid(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
+    """A W&B `method: grid` file as ftl's grid: every parameter a list of values (or one value)."""
+    from launcher.search import _ftl_key
+
+    grid, notes = {}, []
+    for name, p in (spec.get("parameters") or {}).items():
+        key = _ftl_key(str(name), path)
+        if key != name:
+            notes.append(f"{name} -> {key}")
+        if isinstance(p, dict) and "values" in p:
+            grid[key] = list(p["values"])
+        elif isinstance(p, dict) and "value" in p:
+            grid[key] = [p["value"]]
+        else:
+            raise FtlError(f"{path}: parameters.{name}: a grid needs values (or value), not a distribution; use "
+                           "method: bayes or random for distributions")  # fmt: skip
+    out = {k: v for k, v in spec.items() if k in ("recipe", "overrides", "metric", "name")}
+    if "early_terminate" in spec:
+        et = spec["early_terminate"]
+        out["early_stop"] = {"type": "hyperband", **{k: v for k, v in et.items() if k != "type"}}
+    return {**out, "grid": grid}, notes
 
 
-def validate(sweep: Sweep) -> None:
+def validate(sweep: Sweep, check_overrides: list[list[str]] | None = None) -> None:
     """Build every trial's full config and check it with every rule of core/checks.py (types, ranges, rules between
     keys, required keys, names, data paths) and the sweep's metric; one FtlError naming the first bad trials.
 
@@ -210,7 +238,8 @@ def validate(sweep: Sweep) -> None:
                          if isinstance(vals, dict) for leaf, v in vals.items()}  # fmt: skip
     typed: dict[str, tuple[str, Any, list[str]]] = {}
     bad: dict[str, list[Trial]] = {}  # problem -> the trials that have it
-    for trial in sweep.trials:
+    checked = [Trial(trial_id(o), o) for o in check_overrides] if check_overrides is not None else sweep.trials
+    for trial in checked or [Trial("base", [])]:
         values, problems, copied, own = dict(base_values), [], set(), set()
         for override in trial.overrides:
             if override not in typed:
@@ -238,12 +267,13 @@ def validate(sweep: Sweep) -> None:
         shown = []
         for problem, trials in list(bad.items())[:3]:
             first = trials[0]
-            who = "every trial" if len(trials) == len(sweep.trials) else (
+            who = "every trial" if len(trials) == len(checked) else (
                 f"trial {first.id} ({' '.join(first.overrides) or 'no overrides'})"
                 + (f" and {len(trials) - 1} more" if len(trials) > 1 else ""))  # fmt: skip
             shown.append(f"{problem} [{who}]")
         more = f"; and {len(bad) - 3} more problems" if len(bad) > 3 else ""
-        raise FtlError(f"{source}: {n_bad} of {len(sweep.trials)} trials cannot run: " + " | ".join(shown) + more)
+        what = "values of the space" if check_overrides is not None else "trials"
+        raise FtlError(f"{source}: {n_bad} of {len(checked)} {what} cannot run: " + " | ".join(shown) + more)
 
 
 def _typed_override(override: str) -> tuple[str, Any, list[str]]:
