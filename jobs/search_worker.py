@@ -83,7 +83,7 @@ class SearchWorker:
             self.tell(sweep_dir, claim, result)
             ran += 1
         print(f"ftl: slot {self.slot}: the budget is spent ({ran} trials run here)", flush=True)
-        result = {"status": "completed", "trials": ran}
+        result = {"status": "completed", "trials": ran, "job": _job_id()}  # the job: a resubmitted slot's is another
         write_json_atomic(sweep_dir / "workers" / f"w{self.slot}" / "result.json", result)  # the slot's own word
         return result
 

@@ -52,10 +52,20 @@ def open_study(storage_path: str | Path, name: str, mode: str, method: str = "ra
                                sampler=make_sampler(method, seed), pruner=make_pruner(pruner))  # fmt: skip
 
 
+def reseed(sampler, seed: int) -> None:
+    """The sampler's random streams (its own, and those of the samplers it falls back to) restarted from `seed`,
+    keeping the sampler itself - and the search-space cache it builds up over the study's trials."""
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    for part in (sampler, getattr(sampler, "_random_sampler", None), getattr(sampler, "_independent_sampler", None)):
+        if part is not None and hasattr(part, "_rng"):
+            part._rng = LazyRandomState(seed)
+
+
 def suggest(trial, space: dict[str, Any], method: str, seed: int) -> list[str]:
     """Ask a trial's parameters in the space's order (define-by-run: a `when:` sees the values asked before it),
     with the sampler reseeded by (seed, trial number): trial k's proposal does not depend on which worker asks."""
-    trial.study.sampler = make_sampler(method, seed * 100_003 + trial.number)
+    reseed(trial.study.sampler, seed * 100_003 + trial.number)
     values: dict[str, Any] = {}
     for key, dist in space.items():
         when = dist.get("when") or {}

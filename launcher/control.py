@@ -170,8 +170,8 @@ def resume(sweep_dir: str | Path) -> tuple[list[str], str]:
         executor.recover(man, cancel_orphans=True)
         executor.refresh(man, mf.TrialFiles(man))
         todo = [t for t in man.jobs.values() if st.needs_resume(t.state)]
-        if man.search and not search_has_work(man):
-            todo = []  # the budget is spent and no trial was left unfinished
+        if man.search:  # every slot that is not queued or running, while trials are left to ask or to finish
+            todo = [t for t in man.jobs.values() if st.is_settled(t.state)] if search_has_work(man) else []
         held = [t.job_id for t in todo if st.phase(t.state) == "held" and t.job_id]
         if held:
             executor.cancel(held)  # REQUEUE_HOLD / SPECIAL_EXIT: cancelled, then queued afresh (exact resume)

@@ -206,6 +206,8 @@ class Executor(ABC):
         job_states = self.states(man, watch) if watch else {}
         for record in watch:
             progress, result = read_run_dir(record)
+            if result.get("job") not in (None, record.job_id):
+                result = {}  # written by an earlier submission of this job (a search slot run again)
             state = derive_state(record, job_states.get(record.job_id or "", "UNKNOWN"), result, time.time())
             fields: dict = {"state": state}
             if st.is_success(state):

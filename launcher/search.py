@@ -38,7 +38,7 @@ WANDB_METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
 PRUNERS = ("asha", "hyperband", "median")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 WANDB_KEYS = {"method", "metric", "parameters", "early_terminate", "run_cap", "name", "description", "program",
-              "command", "project", "entity", "recipe", "overrides", "max_parallel", "seed", "n_trials"}  # fmt: skip
+              "command", "project", "recipe", "overrides", "max_parallel", "seed", "n_trials"}  # fmt: skip
 
 
 def is_wandb(spec: dict[str, Any]) -> bool:
@@ -174,13 +174,22 @@ def parse_pruner(block: Any, path: Path) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- W&B sweep files
 
 
+INSTEAD = {"controller": "ftl's workers ask the study themselves (no controller): remove it",
+           "imputation": "failed trials count against n_trials and are not imputed: remove it",
+           "entity": "set it with `ftl sync --entity` or tracking.entity in overrides"}  # fmt: skip
+
+
+def check_wandb_keys(spec: dict[str, Any], path: Path) -> None:
+    """A W&B sweep key ftl does not read: named, with what ftl does instead."""
+    for key in sorted(set(spec) - WANDB_KEYS):
+        instead = INSTEAD.get(key, "ftl reads method, metric, parameters, early_terminate and run_cap (and its own "
+                                   "recipe, overrides, n_trials, max_parallel, seed)")  # fmt: skip
+        raise FtlError(f"{path}: W&B sweep key '{key}' is not supported by ftl; {instead}")
+
+
 def _from_wandb(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """A W&B sweep file in ftl's terms, and what was mapped (said in one line)."""
-    unknown = set(spec) - WANDB_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise FtlError(f"{path}: W&B sweep key '{key}' is not supported by ftl; ftl reads method, metric, parameters, "
-                       "early_terminate, run_cap (and its own recipe, overrides, n_trials, max_parallel, seed)")  # fmt: skip
+    check_wandb_keys(spec, path)
     notes = []
     method = spec.get("method")
     if method not in WANDB_METHODS:

@@ -127,7 +127,7 @@ def _distribution(key: str, spec: Any, path: str):
         raise FtlError(f"{path}: random.params.{key}: {kind} needs [low, high] with low <= high ({e})") from None
 
 
-SEARCH_SETTINGS = ("n_trials", "max_parallel", "seed")  # sweep-level settings a command line may set (key=value)
+SEARCH_SETTINGS = ("n_trials", "run_cap", "max_parallel", "seed")  # sweep-level settings a command line may set
 
 
 def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sweep:
@@ -146,6 +146,8 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
         spec[item.split("=", 1)[0]] = config_lib.parse_override(f"optim.lr={item.split('=', 1)[1]}")[1]
         extra.remove(item)
     notes: list[str] = []
+    if search_lib.is_wandb(spec):
+        search_lib.check_wandb_keys(spec, path)
     if search_lib.is_wandb(spec) and spec.get("method") == "grid":
         spec, notes = _wandb_grid(spec, path)
     adaptive = search_lib.is_wandb(spec) or spec.get("method") in search_lib.METHODS
