@@ -1,0 +1,91 @@
+"""The command line takes what people type: options anywhere, --debug and --version anywhere, Hydra's comma lists
+and +key, errors that blame the override that caused them, suggestions for the names other tools use, and Ctrl-C
+in `ftl train` that checkpoints and says how to resume."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from launcher.cli import parse
+from tests.conftest import REPO, lfw_overrides, run_ftl
+
+
+def one_line_error(proc, pattern: str) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "demo", "--run-dir", "X", "optim.lr=1e-3"],
+    ["train", "--run-dir", "X", "demo", "optim.lr=1e-3"],
+    ["train", "demo", "optim.lr=1e-3", "--run-dir", "X"],
+    ["--debug", "train", "demo", "optim.lr=1e-3", "--run-dir", "X"],
+    ["train", "demo", "optim.lr=1e-3", "--debug", "--run-dir=X"],
+])  # fmt: skip
+def test_options_anywhere_among_the_overrides(argv):
+    args = parse(argv)
+    assert args.verb == "train" and args.run_dir == "X" and args.overrides == ["demo", "optim.lr=1e-3"]
+    assert args.debug == ("--debug" in argv)
+
+
+def test_sweep_and_data_verbs_take_options_anywhere():
+    args = parse(["sweep", "demo", "--dry-run", "train.epochs=1", "--cluster", "local", "optim.lr=1e-3,3e-3"])
+    assert args.dry_run and args.cluster == "local" and args.overrides == ["train.epochs=1", "optim.lr=1e-3,3e-3"]
+    args = parse(["data", "convert", "--mode", "raw", "some/dir", "--out", "x.beton"])
+    assert args.src == "some/dir" and args.mode == "raw" and args.out == "x.beton"
+
+
+def test_version_and_debug_anywhere():
+    proc = run_ftl("--version")
+    assert proc.returncode == 0 and re.fullmatch(r"ftl \d+\.\d+\.\d+\n", proc.stdout)
+    assert run_ftl("status", "--version").stdout == proc.stdout
+    debug = run_ftl("train", "base", "optim.lrr=1", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_errors_blame_the_override_and_suggest_other_tools_names(tmp_path):
+    one_line_error(run_ftl("train", "base", "data.train_dir=/tmp", "train.epochs=abc"),
+                   r"command line train.epochs=abc: Value 'abc'")  # fmt: skip
+    one_line_error(run_ftl("train", "base", "data.train_dir=/tmp", "train.seed=-2"),
+                   r"command line: train.seed=-2 must be >= 0")  # fmt: skip
+    one_line_error(run_ftl("train", "base", "optim.learning_rate=1e-3"), r"did you mean: optim.lr")
+    one_line_error(run_ftl("train", "base", "train.num_epochs=3"), r"did you mean: train.epochs")
+    one_line_error(run_ftl("train", "base", "data.bs=3"), r"did you mean: data.batch_size")
+    one_line_error(run_ftl("train", "base", "data.train_dir=/tmp", "optim.lr=1e-3,3e-3"),
+                   r"lists several values: sweep them with `ftl sweep`")  # fmt: skip
+    one_line_error(run_ftl("train", "base", "~optim.lr"), r"~KEY \(delete a key\) does not apply")
+
+
+def test_hydra_comma_lists_are_grid_axes_and_plus_keys_are_read(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "base", "overrides": [f"data.train_dir={tmp_path}"],
+                                    "grid": {"finetune.strategy": ["full", "gradual"]}}))  # fmt: skip
+    proc = run_ftl("sweep", path, "optim.lr=1e-3,3e-3", "+train.epochs=2", "--dry-run")
+    assert proc.returncode == 0 and "4 trials" in proc.stdout, proc.stdout + proc.stderr
+    assert "optim.lr=0.003" in proc.stdout and "finetune.strategy=gradual" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_train_checkpoints_and_prints_the_resume_command(lfw, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launcher.cli", "train", "base", *lfw_overrides(lfw, **{
+        "train.epochs": 40, "data.batch_size": 4, "train.log_every_steps": 1}), "--run-dir", str(run)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    deadline = time.time() + 180
+    while time.time() < deadline and not (run / "progress.json").is_file():
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert f"continue it with: ftl train resume={run}" in out, out[-2000:]
+    assert "saving a checkpoint at the next update" in err
+    assert list((run / "checkpoints").glob("step_*/trainer.json"))
