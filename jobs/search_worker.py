@@ -178,9 +178,9 @@ class SearchWorker:
 
         run_dir.mkdir(parents=True, exist_ok=True)
         value = fn(params, run_dir, report)
-        if value is None:
-            return {"status": "pruned"}
-        return {"status": "completed", self.sweep["metric"]: float(value)}
+        result = {"status": "pruned"} if value is None else {"status": "completed", self.sweep["metric"]: float(value)}
+        write_json_atomic(run_dir / "result.json", {**result, "run_dir": str(run_dir)})  # as a training run writes it
+        return result
 
     def tell(self, sweep_dir: Path, claim: dict[str, Any], result: dict[str, Any]) -> None:
         import optuna

@@ -620,6 +620,16 @@ def build_report(sweep_dir: str | Path, out: Path | None = None, metric: str | N
                 ("parallel", "Parallel coordinates", "Parallel coordinates (drag along an axis to filter)",
                  plot(_parallel_figure(sw), "plot-parallel", none)),
                 ("failures", "Failures", "Failures", _failures(sw, here))]  # fmt: skip
+    if sw.man.search:
+        from launcher.report_search import search_figures
+
+        history, importance, note = search_figures(sw.man)
+        s = sw.man.search
+        intro = (f"<p>{_e(s['method'])} search: {len(sw.man.trials)} of {s['n_trials']} trials asked, "
+                 f"{len(s['space'])} parameters, {s['max_parallel']} worker slots.</p>")  # fmt: skip
+        body = intro + plot(history, "plot-search-history", note) + (plot(importance, "plot-importance", note)
+                                                                     if importance is not None else "")  # fmt: skip
+        sections.insert(3, ("search", "Search", "The search: best so far and parameter importances", body))
     nav = "".join(f'<a href="#{sid}">{_e(short)}</a>' for sid, short, _, _ in sections)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ftl sweep {_e(sw.man.name)}</title>'
             f"<style>{CSS}</style></head><body><main><h1>Sweep {_e(sw.man.name)}</h1><nav>{nav}</nav>"
