@@ -132,6 +132,9 @@ def test_local_search_asks_and_tells_each_trial_once(tmp_path):
     assert "PRUNED" in {t.state for t in man.trials.values()}  # ASHA stopped someone
     status = run_ftl("status", out)
     assert "tpe search, 10/10 trials asked" in status.stdout and "best val_top1" in status.stdout
+    assert run_ftl("report", out).returncode == 0
+    page = (out / "report.html").read_text()
+    assert 'id="plot-search-history"' in page and 'id="plot-importance"' in page  # Optuna's own plots
     assert "nothing to resume: the search's budget is spent" in run_ftl("resume", out).stdout
     # extend the finished search: the same study, more trials
     more = run_ftl("sweep", path, "n_trials=13", "--cluster", local_cluster(tmp_path, 3), "--out", out)
