@@ -34,6 +34,17 @@ def lfw_overrides(lfw: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in {**base, **extra}.items()]
 
 
+def stop_after(n: int):
+    """A should_stop() for engine.fit that asks to stop at its n-th call (after n updates on one process)."""
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= n
+
+    return should_stop
+
+
 def run_ftl(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real `ftl` console script."""
     ftl = Path(sys.executable).parent / "ftl"

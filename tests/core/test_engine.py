@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from core import config, engine
 from core.errors import FtlError
 from core.tracking import read_jsonl
-from tests.conftest import lfw_overrides
+from tests.conftest import lfw_overrides, stop_after
 
 pytestmark = pytest.mark.slow
 
@@ -48,16 +48,6 @@ def test_run_dir_contents_and_export_reused_as_pretrained(lfw, tmp_path):
         engine.fit(config.load("base", lfw_overrides(lfw, **{"model.pretrained": run, "model.name": "resnet18"})))
 
 
-def _stop_after(n: int):
-    calls = {"n": 0}
-
-    def should_stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= n
-
-    return should_stop
-
-
 PHASED = {"finetune.freeze_epochs": 1, "augment.mixup": 0.4, "augment.cutmix": 1.0, "train.ema": "true",
           "augment.policy": "rand-m5-mstd0.5", "data.image_size": "[[0,48],[1,64]]"}  # fmt: skip
 
@@ -75,7 +65,7 @@ def test_resume_mid_epoch_is_bit_exact(lfw, tmp_path, recipe, workers, extra, st
                                  "model.head_dropout": 0.3, "augment.color_jitter": 0.2, **extra})  # fmt: skip
     cfg = config.load(recipe, over)
     full = engine.fit(cfg, tmp_path / "full")
-    part = engine.fit(cfg, tmp_path / "part", should_stop=_stop_after(stop))
+    part = engine.fit(cfg, tmp_path / "part", should_stop=stop_after(stop))
     assert part["status"] == "interrupted" and (part["epoch"], part["step_in_epoch"]) == where
     assert (tmp_path / "part" / "export").exists() == (where[0] > 0)
     resumed = engine.fit(config.load(recipe, [*over, f"resume={tmp_path / 'part'}"]))

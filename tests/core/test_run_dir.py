@@ -14,23 +14,13 @@ from core import config, engine
 from core.errors import FtlError
 from core.run_dir import resume_config
 from core.tracking import read_jsonl
-from tests.conftest import lfw_overrides, run_ftl
+from tests.conftest import lfw_overrides, run_ftl, stop_after
 
 pytestmark = pytest.mark.slow
 
 
 def over(lfw, **extra):
     return lfw_overrides(lfw, **{"data.image_size": 32, "data.batch_size": 8, **extra})
-
-
-def stop_after(n: int):
-    calls = {"n": 0}
-
-    def should_stop() -> bool:
-        calls["n"] += 1
-        return calls["n"] >= n
-
-    return should_stop
 
 
 def test_finished_run_resumes_to_its_result_and_cli_refuses_to_overwrite_it(lfw, tmp_path):
