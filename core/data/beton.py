@@ -330,6 +330,9 @@ def choose_loader(d: Any, say=print, device: Any = None) -> str:
 
         require_ffcv()
         return "ffcv"
+    if device is not None and device.type == "cuda":
+        say("ftl: data.loader=auto -> gpu (a CUDA device: JPEGs decoded there by nvJPEG, crops on the device)")
+        return "gpu"
     missing = [f"{p}.beton" for p in (d.train_dir, d.val_dir) if p and beton_for(p) is None]
     if ffcv_available() and not missing:
         say("ftl: data.loader=auto -> ffcv (.beton files found)")
