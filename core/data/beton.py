@@ -330,6 +330,10 @@ def choose_loader(d: Any, say=print, device: Any = None) -> str:
 
         require_ffcv()
         return "ffcv"
+    resize = getattr(d, "resize", "crop")
+    if resize != "crop":  # squash / pad: only the torch path's transforms do them so far
+        say(f"ftl: data.loader=auto -> torch (data.resize={resize}; the ffcv and gpu loaders crop)")
+        return "torch"
     if device is not None and device.type == "cuda":
         say("ftl: data.loader=auto -> gpu (a CUDA device: JPEGs decoded there by nvJPEG, crops on the device)")
         return "gpu"

@@ -93,6 +93,6 @@ def test_ctrl_c_in_train_checkpoints_and_prints_the_resume_command(lfw, tmp_path
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_gpu_loader_without_a_gpu_is_one_line(lfw, tmp_path):
-    proc = run_ftl("train", "base", *lfw_overrides(lfw), "data.loader=gpu", "--run-dir", tmp_path / "r")
+    proc = run_ftl("train", "base", *lfw_overrides(lfw), "data.loader=gpu", "data.resize=crop", "--run-dir", tmp_path / "r")
     one_line_error(proc, r"data.loader=gpu decodes JPEGs on a CUDA GPU, and this run has none; use data.loader=auto")
     assert not (tmp_path / "r").exists()
