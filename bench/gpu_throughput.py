@@ -11,9 +11,10 @@
                gpu-beton, the .beton, when there is one)
    One warm-up epoch each, then one timed epoch (ended by a CUDA synchronise).
 3. end to end: `python -m launcher.cli train base ...` with data.loader=torch / ffcv / gpu (model.name=resnet50,
-   model.pretrained=null, data.image_size=--size, data.batch_size=--batch, train.epochs=3, bf16, channels_last,
-   compile on), each in a fresh run dir under --out; images/s from its per-epoch "(N.Ns)" lines: the median of the
-   epochs after the first (the first compiles and warms up). The gpu run reads the .beton when there is one.
+   model.pretrained=null, data.image_size=--size, data.resize=crop (what ffcv and gpu do), data.batch_size=--batch,
+   train.epochs=3, bf16, channels_last, compile on), each in a fresh run dir under --out; images/s from its
+   per-epoch "(N.Ns)" lines: the median of the epochs after the first (the first compiles and warms up). The gpu run
+   reads the .beton when there is one.
 A table with each row's ratio to the ceiling; last line `e2e_vs_ceiling: X` (`ftl train` with data.loader=gpu).
 
 Images: --images JPEGs (quality 90), longer side 80-100% of --source px, random crops of scikit-image's photos in
@@ -215,8 +216,9 @@ def e2e_rate(loader: str, root: Path, out: Path, args) -> tuple[float | None, st
     """(images/s, note): `ftl train` with data.loader=loader; the median epoch after the first."""
     run_dir = out / "runs" / f"{loader}-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "launcher.cli", "train", "base", f"data.train_dir={root}", "data.val_split=0.02",
-           "model.name=resnet50", "model.pretrained=null", f"data.image_size={args.size}",
-           f"data.batch_size={args.batch}", "train.epochs=3", f"data.loader={loader}", f"data.num_workers={args.workers}",
+           "model.name=resnet50", "model.pretrained=null", f"data.image_size={args.size}", "data.resize=crop",
+           f"data.batch_size={args.batch}", "train.epochs=3", f"data.loader={loader}",
+           f"data.num_workers={args.workers}",
            "train.precision=bf16" if args.device == "cuda" else "train.precision=no", "model.channels_last=true",
            f"model.compile={'true' if args.device == 'cuda' else 'false'}", "--run-dir", str(run_dir)]  # fmt: skip
     env = {**os.environ, **({"ACCELERATE_USE_CPU": "1"} if args.device == "cpu" else {})}
@@ -256,7 +258,8 @@ def main() -> None:
         print("bench/gpu_throughput.py needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
         sys.exit(2)
     if args.device == "cpu":  # a check of the script, not a measurement
-        args.images, args.size, args.batch, args.steps = min(args.images, 96), min(args.size, 32), min(args.batch, 16), 2
+        args.images, args.size, args.batch = min(args.images, 96), min(args.size, 32), min(args.batch, 16)
+        args.steps = 2
     device = torch.device(args.device)
     from core.data.beton import convert, ffcv_available
 
@@ -274,11 +277,12 @@ def main() -> None:
     top = ceiling(args.size, args.batch, args.steps, device, classes)
     rows.append(("ceiling (synthetic batch, compiled)", top, "ResNet-50, bf16, channels_last"))
     no_ffcv = "skipped: FFCV is not installed"
-    makers = {"torch": lambda: torch_loader(root, args.size, args.batch, args.workers, device),
+    # FFCV's loaders last: numba's OpenMP threads keep spinning a while after a batch, taking cores from what follows
+    makers = {"gpu": lambda: ftl_loader("gpu", root, args.size, args.batch, args.workers, device),
+              "gpu-beton": lambda: ftl_loader("gpu", beton, args.size, args.batch, args.workers, device),
+              "torch": lambda: torch_loader(root, args.size, args.batch, args.workers, device),
               "ffcv": lambda: stock_ffcv_loader(beton, args.size, args.batch, args.workers, device),
-              "ftl-ffcv": lambda: ftl_loader("ftl-ffcv", beton, args.size, args.batch, args.workers, device),
-              "gpu": lambda: ftl_loader("gpu", root, args.size, args.batch, args.workers, device),
-              "gpu-beton": lambda: ftl_loader("gpu", beton, args.size, args.batch, args.workers, device)}  # fmt: skip
+              "ftl-ffcv": lambda: ftl_loader("ftl-ffcv", beton, args.size, args.batch, args.workers, device)}  # fmt: skip
     for name, make in makers.items():
         if name in ("ffcv", "ftl-ffcv") and not has_ffcv:
             rows.append((f"loader alone: {name}", None, no_ffcv))
@@ -297,7 +301,7 @@ def main() -> None:
 
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"# {date.today()} {platform.node()} {gpu_name}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{n_images} JPEGs ~{args.source}px -> {args.size}px, batch {args.batch}, {args.workers} workers")  # fmt: skip
+          f"{n_images} JPEGs ~{args.source}px -> {args.size}px, batch {args.batch}, {args.workers} workers")
     print(f"{'':38s} {'img/s':>8s}  {'vs ceiling':>10s}")
     for name, rate, note in rows:
         shown = f"{rate:8.0f}  {rate / top:10.2f}" if rate is not None else f"{'-':>8s}  {'-':>10s}"
@@ -307,7 +311,10 @@ def main() -> None:
         print(f"gpu_vs_dataloader_alone: {alone['gpu'] / alone['torch']:.2f}")
     if e2e.get("gpu") and e2e.get("torch"):
         print(f"e2e_gpu_vs_torch: {e2e['gpu'] / e2e['torch']:.2f}")
-    print(f"e2e_vs_ceiling: {e2e['gpu'] / top:.2f}" if e2e.get("gpu") else "e2e_vs_ceiling: n/a (no ftl train run with data.loader=gpu)")
+    if e2e.get("gpu"):
+        print(f"e2e_vs_ceiling: {e2e['gpu'] / top:.2f}")
+    else:
+        print("e2e_vs_ceiling: n/a (no ftl train run with data.loader=gpu)")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ def augment_grid(cfg: DictConfig, out: str | Path, samples: int = 6, repeats: in
     std = list(cfg.data.std or pretrained_cfg["std"])
     aug = augment_config(cfg.augment)
     size = image_size_at(cfg.data.image_size, 0, cfg.train.epochs)
-    loader = choose_loader(cfg.data, say=lambda _: None)
-    tiles, classes = (_torch_tiles if loader == "torch" else _ffcv_tiles)(cfg, aug, mean, std, size, samples, repeats,
-                                                                            seed)  # fmt: skip
+    loader = "gpu" if cfg.data.loader == "gpu" else choose_loader(cfg.data, say=lambda _: None)  # gpu: shown on CPU
+    tiles_of = {"torch": _torch_tiles, "ffcv": _ffcv_tiles, "gpu": _gpu_tiles}[loader]
+    tiles, classes = tiles_of(cfg, aug, mean, std, size, samples, repeats, seed)
     mixer = batch_mixer(aug, classes)
     if mixer is not None:
         batch = torch.stack(tiles[: repeats * 2 : 2][: repeats - repeats % 2] or tiles[:2])
@@ -55,6 +55,24 @@ def _torch_tiles(cfg: DictConfig, aug, mean, std, size: int, samples: int, repea
             splits.train.set_epoch(epoch)
             tiles.append(splits.train[index][0])
     return tiles, len(splits.classes)
+
+
+def _gpu_tiles(cfg: DictConfig, aug, mean, std, size: int, samples: int, repeats: int, seed: int):
+    """The GPU path (here on the CPU, the same code): the picked samples as one batch through its crops and the
+    device augmentation, once per epoch 0..repeats-1."""
+    from core.data.gpu_loader import GpuLoader, open_gpu_data
+
+    data = open_gpu_data(cfg.data, seed)
+    picks = data.train_indices[torch.randperm(len(data.train_indices), generator=torch.Generator().manual_seed(seed))
+                               [:samples].numpy()]  # fmt: skip
+    loader = GpuLoader(data.train, picks, len(picks), train=True, image_size=size, crop_pct=cfg.data.crop_pct or 0.875,
+                       augment=aug, mean=mean, std=std, seed=cfg.train.seed, device=torch.device("cpu"), num_workers=1)  # fmt: skip
+    loader.shuffle = False  # keep the picks in order; crops depend on (seed, epoch, sample), not the order
+    epochs = []
+    for epoch in range(repeats):
+        loader.set_epoch(epoch)
+        epochs.append(next(iter(loader))[0].clone())
+    return [epochs[e][i] for i in range(len(picks)) for e in range(repeats)], len(data.classes)
 
 
 def _ffcv_tiles(cfg: DictConfig, aug, mean, std, size: int, samples: int, repeats: int, seed: int):

@@ -312,9 +312,10 @@ def beton_for(path: str | None) -> Path | None:
     return sibling if sibling.is_file() else None
 
 
-def choose_loader(d: Any, say=print, device: Any = None) -> str:
+def choose_loader(d: Any, say=print, device: Any = None, torch_only: str = "") -> str:
     """'torch', 'ffcv' or 'gpu' for data config d on `device`; `auto` picks the fastest the data and the device
-    allow (see core/data/loaders.py) and says why in one line."""
+    allow (see core/data/loaders.py) and says why in one line. torch_only: why only the torch path will do (an
+    augmentation the device pipelines do not have), or ''."""
     is_beton = [p for p in (d.train_dir, d.val_dir) if p and str(p).endswith(".beton")]
     if d.loader == "gpu":
         if device is None or device.type != "cuda":
@@ -331,12 +332,18 @@ def choose_loader(d: Any, say=print, device: Any = None) -> str:
         require_ffcv()
         return "ffcv"
     resize = getattr(d, "resize", "crop")
-    if resize != "crop":  # squash / pad: only the torch path's transforms do them so far
-        say(f"ftl: data.loader=auto -> torch (data.resize={resize}; the ffcv and gpu loaders crop)")
+    if resize not in ("crop", "center"):  # squash / pad: only the torch path's transforms do them so far
+        torch_only = torch_only or f"data.resize={resize}; the ffcv and gpu loaders crop"
+    if torch_only:
+        say(f"ftl: data.loader=auto -> torch ({torch_only})")
         return "torch"
     if device is not None and device.type == "cuda":
-        say("ftl: data.loader=auto -> gpu (a CUDA device: JPEGs decoded there by nvJPEG, crops on the device)")
-        return "gpu"
+        from core.data.gpu_loader import nvjpeg_problem
+
+        if (problem := nvjpeg_problem(device)) is None:
+            say("ftl: data.loader=auto -> gpu (a CUDA device: JPEGs decoded there by nvJPEG, crops on the device)")
+            return "gpu"
+        say(f"ftl: data.loader=auto: not gpu ({problem})")
     missing = [f"{p}.beton" for p in (d.train_dir, d.val_dir) if p and beton_for(p) is None]
     if ffcv_available() and not missing:
         say("ftl: data.loader=auto -> ffcv (.beton files found)")

@@ -97,7 +97,8 @@ def read_beton(path: str | Path, what: str = "data.train_dir") -> BetonIndex:
             raise FtlError(f"{what}={path}: truncated or corrupt .beton (index past the end of the file); {fix}")
         metadata = np.frombuffer(f.read(record.itemsize * n), record)
         f.seek(table_ptr)
-        table = np.frombuffer(f.read(), ALLOC_TABLE)
+        rest = f.read()  # whole entries only, as FFCV's np.fromfile reads them (trailing bytes: the sidecar check)
+        table = np.frombuffer(rest[: len(rest) - len(rest) % ALLOC_TABLE.itemsize], ALLOC_TABLE)
     if len(metadata) != n or not len(table):
         raise FtlError(f"{what}={path}: truncated or corrupt .beton (index past the end of the file); {fix}")
     if int((table["ptr"] + table["size"]).max()) > size:

@@ -64,9 +64,12 @@ class _ShardOrder(TraversalOrder):
     """A TraversalOrder instance (FFCV calls `order(loader)`, then `sample_order(epoch)` each epoch): a seeded
     shuffle per epoch (or the given order); rank r takes every world-th sample; the first `skip` are left out."""
 
-    def __init__(self, indices: np.ndarray, shuffle: bool, seed: int, rank: int, world: int, equal: bool):
+    def __init__(self, indices: np.ndarray, shuffle: bool, seed: int, rank: int, world: int, equal: bool,
+                 whole_batches: int | None = None):  # fmt: skip
         self.indices, self.shuffle, self.seed, self.rank, self.world = indices.astype(np.uint64), shuffle, seed, rank, world
         self.length = len(indices) // world if equal else None  # equal shards: every rank runs the same steps
+        if self.length is not None and whole_batches:  # drop_last: the partial batch is dropped before any skip,
+            self.length -= self.length % whole_batches  # so a resumed epoch ends where the uninterrupted one does
         self.epoch, self.skip = 0, 0
 
     def __call__(self, loader) -> _ShardOrder:
@@ -101,7 +104,8 @@ class FfcvLoader:
             self.order = None
             ffcv_order, indices_arg = OrderOption.QUASI_RANDOM if train else OrderOption.SEQUENTIAL, indices
         else:
-            self.order = _ShardOrder(indices, train, seed, rank, world, equal=train)
+            self.order = _ShardOrder(indices, train, seed, rank, world, equal=train,
+                                     whole_batches=batch_size if drop_last else None)  # fmt: skip
             ffcv_order, indices_arg = self.order, None
         threads = max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))  # numba refuses more than it started
         torch_threads = torch.get_num_threads()

@@ -23,7 +23,8 @@
   decoder stream) and DeviceAugment's flips synchronise with `nonzero`: both stay off the training thread, whose hot
   path is a queue get and a stream wait on an event (no host sync). Host buffers are never reused by hand: JPEG
   bytes are consumed when the decode returns, and pinned copies come from PyTorch's caching host allocator, which
-  keeps a block until the copies reading it have completed.
+  keeps a block until the copies reading it have completed. Every thread takes the rank's GPU as its current device.
+- Resume: `skip_batches(n)` slices the epoch's batch list (nothing read or decoded for the skipped batches).
 """
 
 from __future__ import annotations
@@ -428,7 +429,6 @@ def build_gpu_loaders(d: Any, data: GpuData, seed: int, aug: AugmentConfig, mean
     train = GpuLoader(data.train, data.train_indices, d.batch_size, train=True, **common)
     val = GpuLoader(data.val, data.val_indices, d.eval_batch_size or 2 * d.batch_size, train=False, **common)
     return train, val
-
 
 
 def nvjpeg_problem(device: torch.device) -> str | None:

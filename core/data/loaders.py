@@ -36,11 +36,14 @@ class DataSource:
     opened: Any  # the backend's own handle: DataSplits (torch), open_split's tuple (ffcv), GpuData (gpu)
 
 
-def open_data(d: Any, seed: int, device: torch.device, say: Callable[[str], None] = print) -> DataSource:
+def open_data(d: Any, seed: int, device: torch.device, say: Callable[[str], None] = print,
+              augment: Any = None) -> DataSource:  # fmt: skip
     """Pick the backend (data.loader, `auto` saying why) and open the data; every data error is raised here."""
+    from core.checks import TORCH_ONLY_AUGMENT
     from core.data.beton import choose_loader
 
-    backend = choose_loader(d, say, device)
+    used = [f"augment.{k} is set" for k in TORCH_ONLY_AUGMENT if augment is not None and getattr(augment, k, None)]
+    backend = choose_loader(d, say, device, used[0] if used else "")
     if backend == "torch":
         splits = build_datasets(d.train_dir, d.val_dir, None, None, d.val_split, d.num_classes, seed)
         return DataSource("torch", splits.classes, (len(splits.train), len(splits.val)), splits)
