@@ -269,5 +269,6 @@ def corner_overrides(space: dict[str, Any]) -> list[list[str]]:
     the others at their first value - so a constant parameter (W&B's `value:`) is in every one."""
     extremes = {k: d.get("choice") or d.get("uniform") or d.get("loguniform") or d.get("int") or [] for k, d in space.items()}
     first = {k: v[0] for k, v in extremes.items() if v}
-    return [[f"{k}={format_value(value if k == key else first[k])}" for k in first]
-            for key, values in extremes.items() for value in values]
+    corners = [[f"{k}={format_value(value if k == key else first[k])}" for k in first]
+               for key, values in extremes.items() for value in values]
+    return list({tuple(c): c for c in corners}.values())  # each distinct config once
