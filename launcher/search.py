@@ -31,7 +31,7 @@ from typing import Any
 
 from core import config as config_lib
 from core.config import format_value
-from core.errors import FtlError, KEY_SYNONYMS, did_you_mean
+from core.errors import KEY_SYNONYMS, FtlError, did_you_mean
 
 METHODS = ("tpe", "gp", "cmaes", "qmc", "random")  # adaptive: asked one trial at a time by workers
 WANDB_METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from core import config as config_lib
 from core.config import format_value
 from core.errors import FtlError, did_you_mean

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from core.config import AugmentConfig
-from core.data.datasets import DataSplits, build_datasets, build_loaders as torch_loaders
+from core.data.datasets import DataSplits, build_datasets
+from core.data.datasets import build_loaders as torch_loaders
 from core.data.transforms import eval_transform, train_transform
 from core.errors import FtlError
 
