@@ -27,7 +27,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.strategy": ("full", "linear-probe", "freeze-then-unfreeze", "gradual"),
     "lr_find.suggestion": ("valley", "minimum", "steepest"),
     "augment.erasing_mode": ("random", "const"),
+    "data.resize": ("auto", "crop", "squash", "pad", "center", "border"),  # center, border: timm's crop, pad
+    "loss.name": ("cross_entropy", "triplet", "contrastive", "multi_similarity", "circle", "supcon", "ntxent",
+                  "arcface", "cosface", "proxy_anchor"),  # core/losses.py LOSSES (a test keeps them equal)
+    "loss.miner": ("none", "batch_hard", "semihard", "hard", "multi_similarity", "pair_margin"),
 }
+TUPLE_LOSSES = ("triplet", "contrastive", "multi_similarity", "circle", "supcon", "ntxent")  # pairs inside a batch
 # Keys whose value must lie in a closed range [lo, hi].
 RANGES: dict[str, tuple[float, float]] = {
     "data.val_split": (0.0, 0.9),
@@ -49,11 +54,13 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every",
             "train.keep_checkpoints", "train.log_every_steps", "model.head_hidden", "data.eval_batch_size",
-            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.end_lr")  # fmt: skip
+            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.end_lr",
+            "model.embedding_dim")  # fmt: skip
 NON_NEGATIVE = ("train.seed", "data.num_workers", "finetune.freeze_epochs", "schedule.warmup_epochs", "schedule.min_lr",
                 "optim.weight_decay", "augment.rotate", "augment.shear", "augment.color_jitter", "augment.brightness",
                 "augment.contrast", "augment.saturation", "augment.channel_shift", "augment.mixup", "augment.cutmix",
-                "train.checkpoint_every_steps", "tracking.log_samples")  # fmt: skip
+                "train.checkpoint_every_steps", "tracking.log_samples", "data.samples_per_class", "loss.ce_weight",
+                "train.checkpoint_min_interval_s")  # fmt: skip
 TORCH_ONLY_AUGMENT = ("policy", "hue")  # the FFCV path's device augmentation has no policies and no hue shift
 METRICS = ("val_top1", "val_top5", "val_loss", "train_loss")  # what every run logs per epoch
 
@@ -145,7 +152,9 @@ def key_problems(key: str, value: Any) -> list[str]:
             image_size_at(value, 0)
         except ValueError as e:
             return [f"data.image_size={value!r}: {e}"]
-    if key in ("model.channels_last", "model.compile") and value not in (True, False, "auto"):
+    if key == "loss.recall_at" and not (isinstance(value, list) and all(type(k) is int and k > 0 for k in value)):
+        return [f"loss.recall_at={value!r} must be a list of positive integers (k of recall@k), e.g. [1, 5]"]
+    if key in ("model.channels_last", "model.compile", "data.cache") and value not in (True, False, "auto"):
         return [f"{key}={value!r} must be true, false or auto"]
     if key == "optim.lr_spread" and _number(value) and value < 1:
         return [f"optim.lr_spread={value} must be >= 1 (the stem gets lr / lr_spread)"]
@@ -171,6 +180,7 @@ def cross_problems(cfg: dict[str, Any]) -> list[str]:
     if d.get("loader") == "ffcv":
         out += [f"augment.{k}={a[k]!r} runs only on the torch path: set data.loader=torch or drop it"
                 for k in TORCH_ONLY_AUGMENT if a.get(k)]  # fmt: skip
+    out += _resize_and_loss_problems(cfg)
     if o.get("layer_decay") is not None and (isinstance(o.get("lr"), list) or o.get("lr_spread", 1) != 1):
         out.append("optim.layer_decay and discriminative LRs (optim.lr: [low, high] or optim.lr_spread) both spread "
                    "the LR over the layers: use one")  # fmt: skip
@@ -186,6 +196,51 @@ def cross_problems(cfg: dict[str, Any]) -> list[str]:
     if cfg["schedule"].get("name") == "cosine" and _number(warmup) and _number(epochs) and warmup >= epochs:
         out.append(f"schedule.warmup_epochs={warmup} must be below train.epochs={epochs}")
     return out
+
+
+def _resize_and_loss_problems(cfg: dict[str, Any]) -> list[str]:
+    """data.resize on the loaders that support it; a metric loss's head, batches and targets."""
+    a, d, m, loss = cfg["augment"], cfg["data"], cfg["model"], cfg.get("loss", {})
+    out, loader, name = [], d.get("loader"), loss.get("name", "cross_entropy")
+    if d.get("resize", "auto") not in ("auto", "crop", "center") and loader in ("ffcv", "gpu"):
+        out.append(f"data.resize={d['resize']} runs only on the torch path (the {loader} loader crops as data.resize=crop"
+                   "): set data.loader=torch or data.resize=crop")  # fmt: skip
+    spc, batch = d.get("samples_per_class") or 0, d.get("batch_size")
+    if spc and loader in ("ffcv", "gpu"):
+        out.append(f"data.samples_per_class={spc} (class-balanced batches) runs only on the torch path: set "
+                   "data.loader=torch")  # fmt: skip
+    if spc and _number(batch) and (spc < 2 or batch % spc or batch // spc < 2):
+        out.append(f"data.samples_per_class={spc} must be >= 2 and divide data.batch_size={batch} into >= 2 classes "
+                   "per batch")  # fmt: skip
+    if name == "cross_entropy":
+        if loss.get("miner", "none") != "none":
+            out.append(f"loss.miner={loss['miner']} needs a metric loss (loss.name=triplet, ...); set loss.miner=none")
+        return out
+    if not m.get("embedding_dim"):
+        out.append(f"loss.name={name} trains an embedding: set model.embedding_dim (e.g. 128)")
+    if a.get("mixup") or a.get("cutmix"):
+        out.append(f"loss.name={name} needs whole labels: set augment.mixup=0 and augment.cutmix=0")
+    if name in TUPLE_LOSSES and _number(batch):
+        classes = d.get("num_classes")
+        if batch < 2 or (spc == 0 and _number(classes) and batch <= classes):
+            out.append(f"loss.name={name} compares samples within a batch: data.batch_size={batch} from "
+                       f"{classes or 'any number of'} classes may hold no pair of one class; set "
+                       "data.samples_per_class (class-balanced batches) or a larger data.batch_size")  # fmt: skip
+    elif loss.get("miner", "none") != "none":
+        out.append(f"loss.miner={loss['miner']} selects pairs/triplets for {', '.join(TUPLE_LOSSES)}; loss.name={name} "
+                   "compares with class proxies: set loss.miner=none")  # fmt: skip
+    return out
+
+
+def batch_problem(loss_name: str, batch_size: int, samples_per_class: int, num_classes: int) -> str | None:
+    """With the data open: a pair/triplet loss whose random batches (batch_size from num_classes classes) can
+    miss positive pairs altogether (pigeonhole: only batch_size > num_classes guarantees one)."""
+    if loss_name not in TUPLE_LOSSES or samples_per_class or batch_size > num_classes:
+        return None
+    return (f"loss.name={loss_name} compares samples within a batch: data.batch_size={batch_size} from {num_classes} "
+            f"classes may hold no pair of one class; set data.samples_per_class (e.g. "
+            f"{max(2, batch_size // max(2, min(num_classes, batch_size // 2)))}: class-balanced batches) or "
+            f"data.batch_size > {num_classes}")  # fmt: skip
 
 
 def _number(value: Any) -> bool:

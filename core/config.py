@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ class ModelConfig:
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512  # mlp head: hidden width
     head_dropout: float = 0.0  # dropout before the classifier
+    embedding_dim: int | None = None  # an embedding head: features -> this many dims (metric losses), classifier on it
     drop_path_rate: float = 0.0
     freeze: str = "none"  # never trained: none | backbone | a module name (up to and including it, e.g. blocks.3)
     act_layer: str | None = None  # swap the activation where the architecture takes one (mish, leaky_relu, ...)
@@ -44,15 +46,19 @@ class DataConfig:
     val_split: float = 0.2  # fraction of train_dir held out when val_dir is None
     num_classes: int | None = None  # optional check against the class folders found
     image_size: Any = 224  # int, or progressive resizing: [64, 96] (equal parts) or [[0, 64], [3, 96]] (from epoch)
-    crop_pct: float = 0.875  # validation: resize to image_size / crop_pct, then center crop
+    resize: str = "auto"  # non-square images: crop | squash | pad (timm's center | squash | border) | auto (squash on
+    #                       the torch loader, measured best; crop on ffcv / gpu, which crop in their decoders)
+    crop_pct: float | None = None  # validation: resize to image_size / crop_pct, center crop; None: the model's own
+    cache: Any = "auto"  # torch path: keep decoded images in RAM (true | false | auto: when they fit in 2 GiB)
+    samples_per_class: int = 0  # > 0: class-balanced batches, this many samples of each class (metric losses)
     batch_size: int = 64  # per process
     eval_batch_size: int | None = None  # default: 2 x batch_size
-    num_workers: int = 2  # torch: DataLoader worker processes; ffcv: decode threads
+    num_workers: int = 2  # torch: DataLoader worker processes; ffcv: decode threads; gpu: reader threads
     loader: str = "torch"  # torch | ffcv | gpu (nvJPEG on a CUDA GPU) | auto (the fastest the data and device allow)
     ffcv_decoder: str = "ftl"  # ftl (crop inside the JPEG decode) | stock (FFCV's own decoders)
     ffcv_order: str = "random"  # random (OS page cache, sharded over ranks) | quasi-random (larger than RAM)
     ffcv_os_cache: bool = True  # false: FFCV's process cache (with quasi-random)
-    mean: list[float] | None = None  # default: the pretrained model's own
+    mean: list[float] | None = None  # default: the pretrained model's own (timm's resolve_model_data_config)
     std: list[float] | None = None
 
 
@@ -98,7 +104,7 @@ class LRFindConfig:
     start_lr: float = 1e-7
     end_lr: float = 10.0
     num_steps: int = 100
-    suggestion: str = "valley"  # valley | minimum | steepest
+    suggestion: str = "minimum"  # minimum (lowest loss / 10) | valley | steepest; docs/benchmarks.md: why minimum
 
 
 @dataclass
@@ -125,12 +131,23 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     seed: int = 0
     ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3) and validate it too
-    ema_decay: float = 0.998
+    ema_decay: float = 0.998  # the decay it reaches; with ema_warmup the decay grows with the updates up to it
+    ema_warmup: bool = True  # decay = min(ema_decay, 1 - (1 + updates)^-2/3): short runs average what they trained
     deterministic: bool = False  # torch deterministic algorithms; needed for bit-exact resume
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
+    checkpoint_min_interval_s: float = 0.0  # > 0: skip end-of-epoch checkpoints until this long after the last one
     keep_checkpoints: int = 2
     log_every_steps: int = 10
     output_dir: str = "runs"  # runs go to output_dir/<name>-<time> unless a run dir is given
+
+
+@dataclass
+class LossConfig:
+    name: str = "cross_entropy"  # cross_entropy | a metric loss (triplet, contrastive, arcface, ...: core/losses.py)
+    ce_weight: float = 0.0  # with a metric loss: + ce_weight x cross-entropy of the classifier on the embedding
+    miner: str = "none"  # metric losses: none | batch_hard | semihard | hard | multi_similarity | pair_margin
+    margin: float | None = None  # the metric loss's margin (None: pytorch-metric-learning's default)
+    recall_at: list[int] = field(default_factory=list)  # retrieval metrics val_recall@k on the validation set
 
 
 @dataclass
@@ -156,6 +173,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -305,6 +323,15 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def format_value(value: Any) -> str:
+    """A value as an override string that parses back to the same value (YAML flow style)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return yaml.safe_dump(value).strip().removesuffix("\n...").removesuffix("...").strip()
+
+
 def comma_values(item: str) -> list[str] | None:
     """Hydra's sweep syntax `key=a,b,c` -> ['a', 'b', 'c'] (commas outside brackets and quotes); None otherwise."""
     key, sep, text = item.partition("=")
@@ -356,7 +383,7 @@ def validate(cfg: DictConfig, source: str = "config", overridden: dict[str, str]
     overridden = overridden or {}
     ours = [p for p in problems if re.match(r"[\w.]+", p) and re.match(r"[\w.]+", p).group(0) in overridden]  # type: ignore[union-attr]
     theirs = [p for p in problems if p not in ours]
-    parts = ([f"{source}: " + "; ".join(theirs)] if theirs else []) + [f"command line: " + "; ".join(ours)] * bool(ours)
+    parts = ([f"{source}: " + "; ".join(theirs)] if theirs else []) + ["command line: " + "; ".join(ours)] * bool(ours)
     raise FtlError(" | ".join(parts))
 
 

@@ -31,16 +31,20 @@ from core import config as config_lib
 from core import lr_finder
 from core.data.loaders import DataSource, build_loaders, open_data
 from core.data.resize import image_size_at
-from core.data.transforms import augment_config, batch_mixer
+from core.data.transforms import augment_config, batch_mixer, eval_transform, resize_mode, train_transform
+from core.errors import FtlError
 from core.fileio import write_json_atomic
 from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
-from core.models import build_model, count_params, freeze, set_frozen_bn_eval
+from core.losses import FeatureTap, build_objective, head_module, recall_at_k
+from core.models import build_model, count_params, data_config, freeze, set_frozen_bn_eval
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
 from core.progress import RunProgress
 from core.run_dir import plan_run
 from core.tracking import JsonlLogger, truncate_after
 
 COMPILE_MIN_UPDATES = 500  # model.compile=auto compiles (on CUDA) runs of at least this many optimizer updates
+CACHE_MAX_BYTES = 2 * 2**30  # data.cache=auto keeps decoded images in RAM up to this size
+CACHE_MAX_SAMPLES = 200_000  # ... and only for datasets up to this many images (decoding them all first is serial)
 STOP_POLL_UPDATES = 16  # several processes: agree on a stop request every this many updates (a collective)
 
 
@@ -74,7 +78,7 @@ def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_gra
     """One micro-batch: (mix,) forward, backward, and on accumulation boundaries clip + optimizer step + LR step.
     `model` is the (DDP-wrapped) module gradients sync through; `forward` computes outputs (default: model)."""
     images, targets = batch
-    if mixer is not None and len(images) % 2 == 0:  # timm's batch Mixup pairs samples: needs an even batch
+    if mixer is not None:  # any batch size: an odd batch mixes all but its last sample (transforms.OddBatchMixer)
         images, targets = mixer(images, targets)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -91,17 +95,23 @@ def train_step(accelerator, model, batch, loss_fn, optimizer, schedule, clip_gra
 
 
 @torch.no_grad()
-def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 over the whole loader, from every rank (so every rank agrees). Accelerate's
-    loaders pad the last batches (gather_for_metrics drops the padding); FFCV and GPU loaders shard exactly, with
-    shards that may differ in length, so each rank sums its own and the sums are added once at the end."""
+def evaluate(accelerator, model, loader, channels_last: bool = False, tap: FeatureTap | None = None,
+             recall_at: tuple[int, ...] = ()) -> dict[str, float]:  # fmt: skip
+    """Mean loss, top-1 and top-5 over the whole loader, from every rank (so every rank agrees); with recall_at
+    and a tap, retrieval recall@k of the tapped embeddings too (val_recall@k). Accelerate's loaders pad the last
+    batches (gather_for_metrics drops the padding); FFCV and GPU loaders shard exactly, with shards that may
+    differ in length, so each rank sums its own and the sums are added once at the end."""
     model.eval()
     exact = getattr(loader, "exact_shards", False)
     sums = torch.zeros(4, device=accelerator.device)  # loss, top-1 hits, top-5 hits, samples
+    embedded: list[tuple[torch.Tensor, torch.Tensor]] = []
     for images, targets in loader:
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images).float()
+        if tap is not None and recall_at:
+            emb = tap.take().float()
+            embedded.append((emb, targets) if exact else accelerator.gather_for_metrics((emb, targets)))
         loss = F.cross_entropy(logits, targets, reduction="none")
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
         values = (loss, hits[:, 0].float(), hits.any(1).float())
@@ -113,15 +123,23 @@ def evaluate(accelerator, model, loader, channels_last: bool = False) -> dict[st
         sums = accelerator.reduce(sums, "sum")
     loss, top1, top5, n = sums.tolist()
     n = max(n, 1)
-    return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n, "val_n": int(sums[3].item())}
+    metrics = {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n, "val_n": int(sums[3].item())}
+    if embedded:
+        emb, labels = (torch.cat(x) for x in zip(*embedded))
+        if exact and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([(emb.cpu(), labels.cpu())])
+            emb, labels = torch.cat([e for e, _ in parts]), torch.cat([lab for _, lab in parts])
+        metrics.update({f"val_recall@{k}": v for k, v in recall_at_k(emb, labels, recall_at).items()})
+    return metrics
 
 
 def make_loss(label_smoothing: float) -> Callable:
     """Cross-entropy for class targets (with label smoothing) and for MixUp/CutMix soft targets."""
-    from timm.loss import SoftTargetCrossEntropy
+    from core.losses import Objective
 
-    hard, soft = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing), SoftTargetCrossEntropy()
-    return lambda logits, targets: soft(logits, targets) if targets.ndim == 2 else hard(logits, targets)
+    return Objective(label_smoothing)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -186,7 +204,7 @@ class Network:
 def build_network(m: Any, f: Any, epochs: int, num_classes: int) -> Network:
     """A timm model with its weights and head (core/models.py), frozen as model.freeze says, and its phase plan."""
     module, source = build_model(m.name, num_classes, m.pretrained, m.head, m.head_hidden, m.head_dropout,
-                                 m.drop_path_rate, m.act_layer)  # fmt: skip
+                                 m.drop_path_rate, m.act_layer, m.embedding_dim)  # fmt: skip
     freeze(module, m.freeze, f.train_bn)
     always_frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
     stages = stage_groups(module)
@@ -202,6 +220,29 @@ def build_optimizer(net: Network, o: Any, peak: float | None, spread: float) -> 
 def build_schedule(optimizer, s: Any, peak: float, phases: list[Phase], updates_per_epoch: int) -> PhasedSchedule:
     return PhasedSchedule(optimizer, s.name, peak, [p.epochs * updates_per_epoch for p in phases], updates_per_epoch,
                           s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
+
+
+def build_torch_data(data: DataSource, d: Any, augment, mean: list[float], std: list[float], crop_pct: float,
+                     sizes: list[int], say: Callable[[str], None]) -> None:  # fmt: skip
+    """The torch path's transforms as data.resize says (train and eval), and the in-memory cache of decoded images
+    (data.cache: auto caches what fits in CACHE_MAX_BYTES). Call after build_loaders, before the first batch."""
+    splits, mode = data.opened, resize_mode(d.resize)
+    splits.train.set_make_transform(lambda s: train_transform(s, mean, std, augment, mode))
+    splits.val.set_make_transform(lambda s: eval_transform(s, mean, std, crop_pct, mode))
+    for dataset in (splits.train, splits.val):
+        dataset.transform  # built now: a bad augment.policy is an error before the run dir is written
+    if d.cache is False or (d.cache == "auto" and sum(data.sizes) > CACHE_MAX_SAMPLES):
+        say(f"ftl: data.resize={d.resize} ({mode}); data.cache={d.cache}: images read from disk each epoch")
+        return
+    # keep enough pixels for the largest input: the smallest zoom crop, or the eval crop, at the largest size
+    short = math.ceil(max(sizes) / min(math.sqrt(min(augment.scale)), crop_pct))
+    started = time.perf_counter()
+    budget = CACHE_MAX_BYTES if d.cache == "auto" else float("inf")
+    kept = splits.train.cache_images(budget, short) and splits.val.cache_images(budget, short)
+    if not kept:
+        splits.train.cache = splits.val.cache = None
+    say(f"ftl: data.resize={d.resize} ({mode}); data.cache={d.cache}: " + (f"decoded images kept in RAM (short side <= {short} px, "
+        f"{time.perf_counter() - started:.1f}s)" if kept else "over 2 GiB decoded, read from disk each epoch"))  # fmt: skip
 
 
 def build_tracking(cfg: DictConfig, run_dir: Path, main: bool, resume_step: int):
@@ -264,35 +305,17 @@ class FineTune:
         from accelerate.utils import broadcast_object_list
         from timm.utils import ModelEmaV3
 
-        cfg, acc = self.cfg, self.accelerator
-        d, m, t = cfg.data, cfg.model, cfg.train
-        seed_everything(t.seed, t.deterministic)
-        # every user-fixable problem surfaces here, before anything is written
-        self.data: DataSource = open_data(d, t.seed, acc.device, self.say)
-        self.net = build_network(m, cfg.finetune, t.epochs, len(self.data.classes))
+        cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        self.build()  # every user-fixable problem surfaces here or in plan_run, before anything is written
         self.plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir) if self.main else None])[0]
         self.run_dir: Path = self.plan.run_dir
-        self.mean = list(d.mean or self.net.module.pretrained_cfg["mean"])
-        self.std = list(d.std or self.net.module.pretrained_cfg["std"])
-        self.augment = augment_config(cfg.augment)
-        self.size = image_size_at(d.image_size, 0, t.epochs)
-        per_rank = self.data.sizes[0] // acc.num_processes
-        estimate = t.epochs * max(1, per_rank // d.batch_size) // t.grad_accum_steps  # what compile=auto weighs
-        self.speed = resolve_speed(m.channels_last, m.compile, acc.device, estimate)
-        self.train_loader, self.val_loader = build_loaders(self.data, d, t.seed, self.augment, self.mean, self.std,
-                                                           self.size, acc, self.speed.channels_last)  # fmt: skip
-        self.updates_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum_steps)
-        # the module, its DDP wrapping for gradient sync, and the compiled forward
-        self.module = self.net.module
-        if self.speed.channels_last:
-            self.module = self.module.to(memory_format=torch.channels_last)
-        peak, spread = config_lib.lr_plan(cfg)
-        self.model, self.optimizer = acc.prepare(self.module, build_optimizer(self.net, cfg.optim, peak, spread))
-        self.forward = torch.compile(self.model, backend=m.compile_backend) if self.speed.compile else self.model
-        self.loss_fn = make_loss(cfg.augment.label_smoothing)
-        self.peak = peak if peak is not None else self._auto_lr()
+        self.peak = self.peak if self.peak is not None else self._auto_lr()
         self.schedule = build_schedule(self.optimizer, cfg.schedule, self.peak, self.net.phases, self.updates_per_epoch)
-        self.ema = ModelEmaV3(self.module, decay=t.ema_decay) if t.ema else None
+        # use_warmup: the decay grows with the updates (1 - (1 + n)^-2/3) up to ema_decay, so a run of 20 updates
+        # averages its last few, not the pretrained start (a fixed 0.998 would keep 96% of the start after 20)
+        self.ema = ModelEmaV3(self.module, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
+        self.ema_tap = FeatureTap(head_module(self.ema.module)) if self.ema is not None and self.tap else None
+        self.last_save = time.perf_counter()
         self.mixer = batch_mixer(self.augment, len(self.data.classes))
         self.state = ckpt.TrainerState()
         if self.plan.checkpoint is not None:  # every file was verified against its checksum by plan_run
@@ -307,9 +330,46 @@ class FineTune:
         acc.wait_for_everyone()
         resume_step = self.state.global_step if self.plan.checkpoint else 0
         self.logger, self.wandb = build_tracking(cfg, self.run_dir, self.main, resume_step)
-        self.progress = RunProgress(self.run_dir, t.epochs, len(self.train_loader), d.batch_size * acc.num_processes,
+        self.progress = RunProgress(self.run_dir, t.epochs, len(self.train_loader), cfg.data.batch_size * acc.num_processes,
                                     self.main)  # fmt: skip
         self._announce()
+
+    def build(self) -> None:
+        """Data, network, loaders, objective, optimizer: what a run and `ftl lr-find` share (no file written)."""
+        cfg, acc = self.cfg, self.accelerator
+        d, m, t, lo = cfg.data, cfg.model, cfg.train, cfg.loss
+        seed_everything(t.seed, t.deterministic)
+        self.data: DataSource = open_data(d, t.seed, acc.device, self.say, cfg.augment)
+        check_data(cfg, self.data)
+        self.net = build_network(m, cfg.finetune, t.epochs, len(self.data.classes))
+        own = data_config(self.net.module, d.mean, d.std, d.crop_pct)  # the model's own where data.* is unset
+        self.mean, self.std, self.crop_pct = own["mean"], own["std"], own["crop_pct"]
+        self.augment = augment_config(cfg.augment)
+        self.size = image_size_at(d.image_size, 0, t.epochs)
+        per_rank = self.data.sizes[0] // acc.num_processes
+        estimate = t.epochs * max(1, per_rank // d.batch_size) // t.grad_accum_steps  # what compile=auto weighs
+        self.speed = resolve_speed(m.channels_last, m.compile, acc.device, estimate)
+        if self.data.backend == "torch":
+            self.data.opened.train.samples_per_class = d.samples_per_class  # class-balanced batches when > 0
+        d_resolved = OmegaConf.merge(d, {"crop_pct": self.crop_pct})
+        self.train_loader, self.val_loader = build_loaders(self.data, d_resolved, t.seed, self.augment, self.mean,
+                                                           self.std, self.size, acc, self.speed.channels_last)  # fmt: skip
+        if self.data.backend == "torch":
+            sizes = [image_size_at(d.image_size, e, t.epochs) for e in range(t.epochs)]
+            build_torch_data(self.data, d, self.augment, self.mean, self.std, self.crop_pct, sizes, self.say)
+        self.updates_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum_steps)
+        # the module, its DDP wrapping for gradient sync, and the compiled forward
+        self.module = self.net.module
+        if self.speed.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        # the objective first: a metric loss with weights of its own (ArcFace) puts them in the head to be optimized
+        self.loss_fn, self.tap = build_objective(self.module, lo.name, len(self.data.classes),
+                                                 cfg.augment.label_smoothing, lo.ce_weight, lo.miner, lo.margin)  # fmt: skip
+        if self.tap is None and lo.recall_at:  # retrieval metrics of a plain classifier: its pooled features
+            self.tap = FeatureTap(head_module(self.module))
+        self.peak, spread = config_lib.lr_plan(cfg)
+        self.model, self.optimizer = acc.prepare(self.module, build_optimizer(self.net, cfg.optim, self.peak, spread))
+        self.forward = torch.compile(self.model, backend=m.compile_backend) if self.speed.compile else self.model
 
     def train(self) -> dict[str, Any]:
         """The loop: per epoch, the phase and image size, the updates, then validation, exports and a checkpoint."""
@@ -375,7 +435,8 @@ class FineTune:
                      + f" ({epoch_time:.1f}s)")  # fmt: skip
             if self.main:
                 self._export(is_best, size, metrics)
-            self._save()
+            if self._epoch_checkpoint_due():
+                self._save()
             self.progress.end_epoch(state.epoch, state.best_metric, state.best_epoch, metrics)
             if self._prune(metrics) and state.epoch < t.epochs:
                 self.say(f"ftl: early-stopped after epoch {state.epoch}")
@@ -397,6 +458,19 @@ class FineTune:
     def _save(self) -> None:
         ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, self.cfg.train.keep_checkpoints, self.module,
                              self.optimizer, self.schedule, self.ema)  # fmt: skip
+        self.last_save = time.perf_counter()
+
+    def _epoch_checkpoint_due(self) -> bool:
+        """The end-of-epoch checkpoint: always after the last epoch; before, only when the last checkpoint is at
+        least train.checkpoint_min_interval_s old (0: every epoch). Skipping one never costs exactness: a resume
+        starts from an earlier checkpoint (or the beginning) and replays the same steps; a stop always saves."""
+        t = self.cfg.train
+        if self.state.epoch >= t.epochs or not t.checkpoint_min_interval_s:
+            return True
+        due = time.perf_counter() - self.last_save >= t.checkpoint_min_interval_s
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([due])[0]) if self.accelerator.num_processes > 1 else due
 
     def _stop_requested(self) -> bool:
         """should_stop(), agreed by every rank. One process: a plain Python check, no device sync. Several: a
@@ -424,9 +498,10 @@ class FineTune:
         return result
 
     def _validate(self) -> dict[str, float]:
-        metrics = evaluate(self.accelerator, self.forward, self.val_loader, self.speed.channels_last)
+        ks = tuple(self.cfg.loss.recall_at)
+        metrics = evaluate(self.accelerator, self.forward, self.val_loader, self.speed.channels_last, self.tap, ks)
         if self.ema is not None:
-            ema = evaluate(self.accelerator, self.ema.module, self.val_loader, self.speed.channels_last)
+            ema = evaluate(self.accelerator, self.ema.module, self.val_loader, self.speed.channels_last, self.ema_tap, ks)
             metrics.update({f"val_ema_{k[4:]}": v for k, v in ema.items()})
         return metrics
 
@@ -460,15 +535,12 @@ class FineTune:
     # ------------------------------------------------------------ setup helpers
 
     def _auto_lr(self) -> float:
-        """optim.lr: auto - the LR finder in the state the first phase trains (its stages frozen), same loss;
-        weights and optimizer restored after. A resumed run reuses the LR it chose."""
+        """optim.lr: auto - the LR finder (`range_test`) in the state the first phase trains, with the run's loss
+        and gradient accumulation. A resumed run reuses the LR it chose."""
         lf, run_dir = self.cfg.lr_find, self.run_dir
         if self.plan.resuming and (run_dir / "lr_find.json").is_file():
             return float(json.loads((run_dir / "lr_find.json").read_text())["chosen"])
-        apply_phase(self.module, self.net.stages, self.net.phases[0], self.net.always_frozen, self.cfg.finetune.train_bn)
-        self.train_loader.set_epoch(0)
-        result = lr_finder.lr_range_test(self.accelerator, self.module, self.optimizer, self.train_loader, self.loss_fn,
-                                         lf.start_lr, lf.end_lr, lf.num_steps, forward=self.forward)  # fmt: skip
+        result = self.range_test()
         chosen = lr_finder.choose(result, lf.suggestion)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -477,6 +549,34 @@ class FineTune:
             write_json_atomic(run_dir / "lr_find.json", {**data, "chosen": chosen})
         self.say(f"ftl: optim.lr=auto -> {lf.suggestion} {chosen:.2e} (plot: {run_dir / 'lr_find.png'})")
         return chosen
+
+    def range_test(self) -> lr_finder.LRFindResult:
+        """The LR range test on what build() made, in the state the first phase trains (its stages frozen): one
+        update per point over train.grad_accum_steps micro-batches, and one stream of batches for the whole test
+        (torch path: one DataLoader over seeded passes through the data; other loaders: their passes in turn)."""
+        cfg, acc = self.cfg, self.accelerator
+        lf, d, t = cfg.lr_find, cfg.data, cfg.train
+        apply_phase(self.module, self.net.stages, self.net.phases[0], self.net.always_frozen, cfg.finetune.train_bn)
+        needed = lf.num_steps * t.grad_accum_steps
+        device, channels_last = acc.device, self.speed.channels_last
+
+        def prepare(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), targets
+
+        if self.data.backend == "torch":
+            from core.data.datasets import range_test_loader
+
+            batches = iter(range_test_loader(self.data.opened.train, d.batch_size, needed, t.seed, d.num_workers,
+                                             acc.process_index, acc.num_processes))  # fmt: skip
+        else:
+            batches = passes(self.train_loader, needed)
+        try:
+            return lr_finder.lr_range_test(acc, self.model, self.optimizer, batches, self.loss_fn, lf.start_lr,
+                                           lf.end_lr, lf.num_steps, forward=self.forward, accum_steps=t.grad_accum_steps,
+                                           prepare=prepare)  # fmt: skip
+        finally:
+            self.train_loader.set_epoch(0)
 
     def _announce(self) -> None:
         acc, state, t, plan = self.accelerator, self.state, self.cfg.train, self.plan
@@ -528,30 +628,48 @@ def first_samples(loader, n: int) -> tuple[torch.Tensor, list[int]]:
 
 
 def find_lr(cfg: DictConfig, out_dir: str | Path) -> lr_finder.LRFindResult:
-    """`ftl lr-find`: the LR range test on the recipe's model and data, in the state its first phase trains;
-    writes lr_find.{json,png} to out_dir."""
+    """`ftl lr-find`: the LR range test exactly as `optim.lr: auto` runs it (same build, same stream of batches,
+    same state); writes lr_find.{json,png} to out_dir."""
     config_lib.validate(cfg)
     run = FineTune(cfg)
-    acc, d, t = run.accelerator, cfg.data, cfg.train
     try:
-        seed_everything(t.seed, t.deterministic)
-        data = open_data(d, t.seed, acc.device, run.say)
-        net = build_network(cfg.model, cfg.finetune, t.epochs, len(data.classes))
-        mean, std = list(d.mean or net.module.pretrained_cfg["mean"]), list(d.std or net.module.pretrained_cfg["std"])
-        train_loader, _ = build_loaders(data, d, t.seed, augment_config(cfg.augment), mean, std,
-                                        image_size_at(d.image_size, 0, t.epochs), acc, False)  # fmt: skip
-        peak, spread = config_lib.lr_plan(cfg)
-        model, optimizer = acc.prepare(net.module, build_optimizer(net, cfg.optim, peak, spread))
-        apply_phase(net.module, net.stages, net.phases[0], net.always_frozen, cfg.finetune.train_bn)
-        train_loader.set_epoch(0)
-        lf = cfg.lr_find
-        result = lr_finder.lr_range_test(acc, net.module, optimizer, train_loader, make_loss(
-            cfg.augment.label_smoothing), lf.start_lr, lf.end_lr, lf.num_steps, forward=model)  # fmt: skip
-        if acc.is_main_process:
-            lr_finder.save(result, Path(out_dir), mark=lf.suggestion)
+        run.build()
+        result = run.range_test()
+        if run.main:
+            lr_finder.save(result, Path(out_dir), mark=cfg.lr_find.suggestion)
         return result
     finally:
         run.cleanup()
+
+
+def passes(loader, n: int):
+    """n batches from a loader's successive passes (epochs 0, 1, ... of its own shuffle and augmentation)."""
+    epoch, left = 0, n
+    while left > 0:
+        loader.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+            left -= 1
+            if left == 0:
+                return
+        epoch += 1
+
+
+def check_data(cfg: DictConfig, data: DataSource) -> None:
+    """Rules that need the opened data: data.resize on the loader `auto` picked, a metric loss's batches."""
+    from core.checks import batch_problem
+
+    d = cfg.data
+    if data.backend != "torch" and d.resize != "auto" and resize_mode(d.resize) != "crop":
+        raise FtlError(f"data.resize={d.resize} runs only on the torch path (data.loader={d.loader} chose {data.backend}, "
+                       "which crops as data.resize=crop): set data.loader=torch or data.resize=crop")  # fmt: skip
+    problem = batch_problem(cfg.loss.name, d.batch_size, d.samples_per_class, len(data.classes))
+    if problem:
+        raise FtlError(problem)
+    if d.samples_per_class and d.batch_size // d.samples_per_class > len(data.classes):
+        raise FtlError(f"data.samples_per_class={d.samples_per_class}: a batch of {d.batch_size} needs "
+                       f"{d.batch_size // d.samples_per_class} classes, the data has {len(data.classes)}; raise "
+                       "data.samples_per_class or lower data.batch_size")  # fmt: skip
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -1,14 +1,19 @@
 """The LR range test (fastai's `lr_find`): raise the LR exponentially over a few hundred updates, record the
 smoothed loss, stop when it diverges, and suggest an LR (valley by default; minimum/10 and steepest too).
 
-`lr_range_test` restores the model and optimizer exactly as they were. `suggest` is a pure function of the curve.
+`lr_range_test` trains like the run does (same loss, same gradient accumulation: one point per optimizer update)
+on one stream of batches (the caller's single iterator), and restores the model and optimizer exactly as they
+were. `suggest` is a pure function of the curve and only looks at the curve up to its lowest point: what comes
+after is the divergence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
 import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,10 +31,17 @@ class LRFindResult:
     suggestions: dict[str, float] = field(default_factory=dict)
 
 
+def usable(losses: list[float]) -> int:
+    """How many points of the curve come before divergence: up to and including the lowest loss."""
+    return min(range(len(losses)), key=losses.__getitem__) + 1 if losses else 0
+
+
 def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
     """valley: the middle of the longest stretch of falling loss (fastai's default); minimum: the LR of the lowest
-    loss / 10; steepest: where the loss falls fastest against log LR."""
-    n = len(losses)
+    loss / 10; steepest: where the loss falls fastest against log LR. Only the points up to the lowest loss count
+    (past it the loss is rising: divergence), so no suggestion comes from the divergent part of the curve."""
+    n = usable(losses)
+    lrs, losses = lrs[:n], losses[:n]
     if n < 5:
         return {}
     # valley: longest decreasing subsequence ending at each point, O(n^2) for a few hundred points
@@ -54,7 +66,7 @@ def lr_range_test(
     accelerator,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    loader,
+    batches: Iterable,
     loss_fn,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
@@ -62,31 +74,51 @@ def lr_range_test(
     diverge_factor: float = 4.0,
     beta: float = 0.98,
     forward: Callable | None = None,
+    accum_steps: int = 1,
+    progress: bool | None = None,
+    prepare: Callable | None = None,
 ) -> LRFindResult:
-    """Run the test; every group's LR is scaled by its `ftl_lr_scale`, so discriminative ratios are kept. `model`'s
-    weights are restored after; `forward` (default: model) computes the outputs, e.g. its torch.compile'd form."""
+    """Run the test over `batches`: one iterator of at least num_steps x accum_steps (images, targets) batches
+    (what the engine gives: one stream for the whole test), or a re-iterable loader, passed through again when it
+    ends. Each point is one optimizer update over accum_steps micro-batches, as in training. Every group's LR is
+    scaled by its `ftl_lr_scale`, so discriminative ratios are kept. `model`'s weights, the optimizer and the RNG are
+    restored after; `forward` (default: model) computes the outputs, e.g. its torch.compile'd form; `prepare`
+    (images, targets) -> (images, targets) runs on each batch first (device placement, channels_last). A tqdm bar
+    shows on a terminal (progress=None: when stderr is a TTY, main process only)."""
+    from tqdm import tqdm
+
     forward = model if forward is None else forward
+    if not isinstance(batches, Iterator):
+        batches = _cycle(batches)
     model_state = copy.deepcopy(accelerator.unwrap_model(model).state_dict())
     optim_state = copy.deepcopy(optimizer.state_dict())
     rng_state = torch.get_rng_state()
     lrs, losses, avg, best, diverged = [], [], 0.0, math.inf, False
     model.train()
-    batches = iter(loader)
+    show = (sys.stderr.isatty() and accelerator.is_main_process) if progress is None else progress
+    bar = tqdm(total=num_steps, desc="ftl lr-find", unit="step", leave=False, disable=not show)
     try:
         for step in range(num_steps):
             lr = start_lr * (end_lr / start_lr) ** (step / max(num_steps - 1, 1))
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("ftl_lr_scale", 1.0)
-            try:
-                images, targets = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                images, targets = next(batches)
-            loss = loss_fn(forward(images), targets)
-            accelerator.backward(loss)
+            total = 0.0
+            for micro in range(accum_steps):
+                try:
+                    images, targets = next(batches)
+                except StopIteration:
+                    raise ValueError(f"lr_range_test: the batch stream ended at step {step} of {num_steps}") from None
+                if prepare is not None:
+                    images, targets = prepare(images, targets)
+                # gradients sync across processes only on the last micro-batch, as in training
+                with accelerator.no_sync(model) if micro < accum_steps - 1 else contextlib.nullcontext():
+                    loss = loss_fn(forward(images), targets)
+                    accelerator.backward(loss / accum_steps)
+                total += loss.detach() / accum_steps
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            value = accelerator.reduce(loss.detach(), "mean").item()
+            value = accelerator.reduce(total, "mean").item()
+            bar.update(1)
             avg = beta * avg + (1 - beta) * value
             smoothed = avg / (1 - beta ** (step + 1))
             if not math.isfinite(smoothed) or (step > 0 and smoothed > diverge_factor * best):
@@ -96,10 +128,16 @@ def lr_range_test(
             lrs.append(lr)
             losses.append(smoothed)
     finally:
+        bar.close()
         accelerator.unwrap_model(model).load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         torch.set_rng_state(rng_state)
     return LRFindResult(lrs, losses, diverged, suggest(lrs, losses))
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    while True:
+        yield from loader
 
 
 def choose(result: LRFindResult, which: str = "valley") -> float:
@@ -126,6 +164,8 @@ def save(result: LRFindResult, out_dir: Path, mark: str = "valley") -> tuple[Pat
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.losses)
     ax.set_xscale("log")
+    if result.losses:
+        ax.set_ylim(*y_range(result.losses))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")
     for name, lr in result.suggestions.items():
@@ -137,3 +177,12 @@ def save(result: LRFindResult, out_dir: Path, mark: str = "valley") -> tuple[Pat
     write_atomic(png_path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return json_path, png_path
+
+
+def y_range(losses: list[float]) -> tuple[float, float]:
+    """The plot's loss axis: from a little below the lowest loss to a little above the starting loss, so the
+    divergent tail (up to diverge_factor x the best) does not squash the part that matters."""
+    low, top = min(losses), max(losses[: max(1, len(losses) // 10)])
+    top = max(top, low + 1e-3)
+    pad = 0.05 * (top - low)
+    return low - pad, top + pad

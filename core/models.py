@@ -1,6 +1,7 @@
 """Build a timm backbone with a task head, load pretrained weights, and freeze parts of it.
 
-The head is always replaced for the task's class count: a linear layer or a dense MLP head (timm's `Mlp`).
+The head is always replaced for the task's class count: a linear layer, a dense MLP head (timm's `Mlp`), or an
+embedding head (features -> embedding -> classifier, for metric losses: core/losses.py).
 Freezing works on module names, so it fits any timm model: `backbone` freezes all but the head, a name such as
 `blocks.3` (or `layer2`, `stem`...) freezes every parameter up to and including that module.
 """
@@ -8,6 +9,7 @@ Freezing works on module names, so it fits any timm model: `backbone` freezes al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 from torch import nn
@@ -41,9 +43,11 @@ def build_model(
     head_dropout: float = 0.0,
     drop_path_rate: float = 0.0,
     act_layer: str | None = None,
+    embedding_dim: int | None = None,
 ) -> tuple[nn.Module, str]:
     """A timm model with weights from `pretrained` (see core/zoo.py) and a fresh head; returns (model, source).
-    act_layer swaps the activation (timm names: mish, leaky_relu, silu, ...) where the architecture takes one."""
+    act_layer swaps the activation (timm names: mish, leaky_relu, silu, ...) where the architecture takes one.
+    The model's pretrained_cfg (mean, std, crop_pct: `data_config`) is the pretrained tag's when timm knows it."""
     check_model_name(name)
     kwargs: dict = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
     if act_layer:
@@ -54,18 +58,39 @@ def build_model(
         except (KeyError, ValueError, AssertionError):
             raise FtlError(f"model.act_layer={act_layer!r} is not a timm activation (e.g. mish, leaky_relu, silu)") from None
     try:
-        model = timm.create_model(name.split(".")[0], pretrained=False, **kwargs)
+        model = timm.create_model(_cfg_name(name, pretrained), pretrained=False, **kwargs)
     except TypeError as e:
         raise FtlError(f"model {name} does not accept {kwargs}: {e}") from None
     source = "random init (no model.pretrained)"
     if pretrained:
         source = zoo.load_pretrained(model, name, pretrained)
-    replace_head(model, num_classes, head, head_hidden, head_dropout)
+    replace_head(model, num_classes, head, head_hidden, head_dropout, embedding_dim)
     return model, source
 
 
-def replace_head(model: nn.Module, num_classes: int, kind: str, hidden: int, dropout: float) -> None:
-    """Swap the classifier for the task: linear (timm reset_classifier) or Dropout-Linear-GELU-Dropout-Linear."""
+def _cfg_name(name: str, pretrained: str | None) -> str:
+    """`arch.tag` when pretrained is a timm tag of this architecture (its preprocessing differs per tag), else arch."""
+    from core import names
+
+    arch = name.split(".")[0]
+    tag = pretrained if isinstance(pretrained, str) and pretrained.startswith(arch + ".") else name
+    return tag if "." in tag and names.is_pretrained_tag(tag) else arch
+
+
+def data_config(model: nn.Module, mean: Any = None, std: Any = None, crop_pct: float | None = None) -> dict[str, Any]:
+    """mean, std and crop_pct for the model's inputs: the values given, else the model's own (timm's
+    resolve_model_data_config)."""
+    from timm.data import resolve_model_data_config
+
+    own = resolve_model_data_config(model)
+    return {"mean": [float(x) for x in (mean or own["mean"])], "std": [float(x) for x in (std or own["std"])],
+            "crop_pct": float(crop_pct or own.get("crop_pct") or 0.875)}  # fmt: skip
+
+
+def replace_head(model: nn.Module, num_classes: int, kind: str, hidden: int, dropout: float,
+                 embedding_dim: int | None = None) -> None:  # fmt: skip
+    """Swap the classifier for the task: linear (timm reset_classifier), Dropout-Linear-GELU-Dropout-Linear, or an
+    embedding head (embedding_dim: Dropout-Linear to the embedding, the classifier on it)."""
     model.reset_classifier(num_classes)
     prefixes = zoo.classifier_prefixes(model)
     if len(prefixes) != 1:
@@ -73,8 +98,12 @@ def replace_head(model: nn.Module, num_classes: int, kind: str, hidden: int, dro
     path = prefixes[0].rstrip(".")
     old = model.get_submodule(path)
     in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
-    if kind == "mlp":
-        new: nn.Module = timm.layers.Mlp(in_features, hidden, num_classes, act_layer=nn.GELU, drop=dropout)
+    if embedding_dim:
+        from core.losses import EmbeddingHead
+
+        new: nn.Module = EmbeddingHead(in_features, embedding_dim, num_classes, dropout)
+    elif kind == "mlp":
+        new = timm.layers.Mlp(in_features, hidden, num_classes, act_layer=nn.GELU, drop=dropout)
         new = nn.Sequential(nn.Dropout(dropout), new) if dropout else new
     elif dropout:
         new = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))

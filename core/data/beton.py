@@ -331,8 +331,8 @@ def choose_loader(d: Any, say=print, device: Any = None, torch_only: str = "") -
 
         require_ffcv()
         return "ffcv"
-    resize = getattr(d, "resize", "crop")
-    if resize not in ("crop", "center"):  # squash / pad: only the torch path's transforms do them so far
+    resize = getattr(d, "resize", "auto")
+    if resize not in ("auto", "crop", "center"):  # squash / pad: only the torch path's transforms do them so far
         torch_only = torch_only or f"data.resize={resize}; the ffcv and gpu loaders crop"
     if torch_only:
         say(f"ftl: data.loader=auto -> torch ({torch_only})")

@@ -205,7 +205,7 @@ def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, tmp_path):
 
     from safetensors.torch import load_file
 
-    from tests.core.test_engine import _stop_after
+    from tests.conftest import stop_after as _stop_after
 
     lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
     for split in ("train", "val"):

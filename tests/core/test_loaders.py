@@ -440,7 +440,7 @@ def test_engine_trains_and_resumes_bit_exact_on_the_gpu_loader(lfw, tmp_path, mo
         out = tmp_path / "lfw" / png.relative_to(lfw).with_suffix(".jpg")
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.open(png).convert("RGB").save(out, quality=95)
-    monkeypatch.setattr(beton, "choose_loader", lambda d, say=print, device=None: "gpu")
+    monkeypatch.setattr(beton, "choose_loader", lambda d, say=print, device=None, torch_only="": "gpu")
     over = lfw_overrides(tmp_path / "lfw", **{"data.loader": "gpu", "data.num_workers": 2, "data.batch_size": 8,
                                               "train.deterministic": "true", "augment.color_jitter": 0.2,
                                               "augment.rotate": 10, "augment.random_erasing": 0.3, "augment.mixup": 0.4,

@@ -1,0 +1,340 @@
+"""Transfer quality on data nobody tuned for: aspect-aware resizing, the model's own preprocessing, MixUp on odd
+batches, an LR finder that trains like the run, EMA on short runs, metric losses, retrieval metrics and fixed
+costs (image cache, fewer checkpoints)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import config, engine
+from core.config import AugmentConfig
+from core.errors import FtlError
+from tests.conftest import lfw_overrides, run_ftl
+
+MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+
+
+def wide_image() -> Image.Image:
+    """A 96x32 grey image with a red block at the left end and a blue block at the right end."""
+    a = np.full((32, 96, 3), 128, dtype=np.uint8)
+    a[:, :12] = (255, 0, 0)
+    a[:, -12:] = (0, 0, 255)
+    return Image.fromarray(a)
+
+
+def ends(x: torch.Tensor) -> tuple[float, float]:
+    """How red the left edge and how blue the right edge are, on the middle rows (normalised with MEAN/STD)."""
+    h = x.shape[1]
+    mid = slice(h // 2 - 2, h // 2 + 2)
+    return (float(x[0, mid, 0].mean() - x[2, mid, 0].mean()), float(x[2, mid, -1].mean() - x[0, mid, -1].mean()))
+
+
+# ---------------------------------------------------------------- data.resize and the model's own preprocessing
+
+
+@pytest.mark.parametrize("mode", ["squash", "pad", "border"])
+def test_eval_resize_keeps_the_ends_of_a_wide_image_that_crop_cuts(mode):
+    from core.data.transforms import eval_transform
+
+    crop = eval_transform(32, MEAN, STD, 1.0, "crop")(wide_image())
+    kept = eval_transform(32, MEAN, STD, 1.0, mode)(wide_image())
+    assert crop.shape == kept.shape == (3, 32, 32)
+    assert max(ends(crop)) < 0.1  # the centre crop shows neither end
+    left, right = ends(kept)
+    assert left > 1.0 and right > 1.0, (mode, left, right)
+
+
+def test_train_squash_crop_is_drawn_in_the_image_frame():
+    from core.data.transforms import train_transform
+
+    aug = AugmentConfig(scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)
+    torch.manual_seed(0)
+    squash = train_transform(32, MEAN, STD, aug, "squash")(wide_image())
+    crop = train_transform(32, MEAN, STD, aug, "crop")(wide_image())
+    assert squash.shape == (3, 32, 32)
+    assert min(ends(squash)) > 1.0  # the whole image, squashed
+    assert min(ends(crop)) < 0.1  # a square crop of a 3:1 image misses at least one end
+
+
+def test_resize_rules_are_one_line_config_errors(lfw):
+    with pytest.raises(FtlError, match=r"data.resize='stretch' is not one of: auto, crop, squash, pad"):
+        config.load("fine_tune", lfw_overrides(lfw, **{"data.resize": "stretch"}))
+    with pytest.raises(FtlError, match="data.resize=squash runs only on the torch path"):
+        config.load("fine_tune", lfw_overrides(lfw, **{"data.resize": "squash", "data.loader": "ffcv"}))
+    for allowed in ("crop", "auto"):  # auto: squash on the torch path, crop where the loader crops itself
+        config.load("fine_tune", lfw_overrides(lfw, **{"data.resize": allowed, "data.loader": "ffcv"}))
+
+
+def test_mean_std_and_crop_pct_are_the_models_own_unless_set():
+    import timm
+
+    from core.models import data_config
+
+    lite = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    assert data_config(lite) == {"mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.875}
+    mine = data_config(lite, [0.1, 0.2, 0.3], None, 1.0)
+    assert mine["mean"] == [0.1, 0.2, 0.3] and mine["std"] == [0.5] * 3 and mine["crop_pct"] == 1.0
+    assert config.load("fine_tune", ["data.train_dir=x"]).data.crop_pct is None  # not fixed at 0.875 any more
+
+
+# ---------------------------------------------------------------- MixUp / CutMix on odd batches
+
+
+def test_odd_batch_is_mixed_not_skipped():
+    from core.data.transforms import batch_mixer
+
+    mixer = batch_mixer(AugmentConfig(mixup=1.0, cutmix=0.0, label_smoothing=0.1), 4)
+    images, targets = torch.rand(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0])
+    np.random.seed(0)
+    mixed, soft = mixer(images.clone(), targets)
+    assert mixed.shape == images.shape and soft.shape == (5, 4)
+    assert not torch.allclose(mixed[:4], images[:4])  # the first four are mixed
+    assert torch.equal(mixed[4], images[4])  # the fifth keeps its image and its (smoothed) label
+    assert torch.allclose(soft[4], torch.tensor([0.925, 0.025, 0.025, 0.025]))
+    assert torch.allclose(soft.sum(1), torch.ones(5))
+    one, one_soft = mixer(images[:1].clone(), targets[:1])
+    assert one_soft.shape == (1, 4) and torch.equal(one, images[:1])
+
+
+def test_train_step_mixes_an_odd_batch():
+    from accelerate import Accelerator
+
+    from core.data.transforms import batch_mixer
+    from core.engine import release_accelerator, train_step
+
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    acc = Accelerator(cpu=True)
+    try:
+        mixer = batch_mixer(AugmentConfig(mixup=0.4, cutmix=1.0), 3)
+        loss = lambda logits, t: (seen.append(t.ndim), torch.nn.functional.cross_entropy(logits, t))[1]  # noqa: E731
+        train_step(acc, model, (torch.rand(7, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])), loss, opt, schedule,
+                   None, mixer=mixer)  # fmt: skip
+    finally:
+        release_accelerator()
+    assert seen == [2]  # soft (mixed) targets, not the hard labels of a skipped mix
+
+
+# ---------------------------------------------------------------- the LR finder
+
+
+class CountingIterator:
+    def __init__(self, n: int):
+        self.n, self.taken = n, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.taken >= self.n:
+            raise StopIteration
+        self.taken += 1
+        g = torch.Generator().manual_seed(self.taken)
+        return torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
+
+
+def test_lr_finder_accumulates_like_training_and_never_restarts_the_stream():
+    from accelerate import Accelerator
+
+    from core.engine import release_accelerator
+    from core.lr_finder import lr_range_test
+
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = {"n": 0}
+    opt.register_step_post_hook(lambda *_: steps.__setitem__("n", steps["n"] + 1))
+    acc = Accelerator(cpu=True)
+    try:
+        stream = CountingIterator(30)
+        result = lr_range_test(acc, model, opt, stream, torch.nn.functional.cross_entropy, 1e-4, 1e-2, 10,
+                               accum_steps=3, progress=False)  # fmt: skip
+        assert stream.taken == 30 and steps["n"] == 10 and len(result.lrs) == 10  # 3 micro-batches per point
+        with pytest.raises(ValueError, match="stream ended at step 5"):  # an iterator is never re-created
+            lr_range_test(acc, model, opt, CountingIterator(10), torch.nn.functional.cross_entropy, 1e-4, 1e-2, 10,
+                          accum_steps=2, progress=False)  # fmt: skip
+    finally:
+        release_accelerator()
+
+
+def test_range_test_stream_is_one_loader_over_fresh_passes(lfw):
+    from core.data.datasets import build_datasets, range_test_loader
+    from core.data.transforms import train_transform
+
+    aug = AugmentConfig(scale=[0.3, 1.0])
+    splits = build_datasets(f"{lfw}/train", f"{lfw}/val", lambda s: train_transform(s, MEAN, STD, aug), None,
+                            image_size=32)  # fmt: skip
+    loader = range_test_loader(splits.train, 8, 12, seed=0, num_workers=0)  # 96 samples: 2.4 passes over 40
+    batches = list(loader)
+    assert len(batches) == 12 and all(len(x) == 8 for x, _ in batches)
+    images = torch.cat([x for x, _ in batches])
+    first, second = images[:40], images[40:80]  # pass 0 and pass 1: a new order and new augmentation draws
+    assert not any(torch.equal(first[i], second[j]) for i in range(40) for j in range(40))
+    again = torch.cat([x for x, _ in range_test_loader(splits.train, 8, 12, seed=0, num_workers=0)])
+    assert torch.equal(images, again)  # seeded
+
+
+def test_suggestions_come_only_from_before_divergence_and_the_plot_clips():
+    from core.lr_finder import suggest, y_range
+
+    lrs = [1e-6 * 10 ** (i / 10) for i in range(60)]
+    losses = [2.0] * 10 + [2.0 - 0.05 * i for i in range(1, 21)] + [1.0 + 0.2 * i for i in range(1, 11)]
+    losses += [2.0] + [2.2 + 0.5 * i for i in range(19)]  # a dip inside the divergent tail: the steepest fall
+    lowest = losses.index(min(losses))
+    found = suggest(lrs, losses)
+    assert all(lr <= lrs[lowest] for lr in found.values()), (found, lrs[lowest])
+    low, top = y_range(losses)
+    assert low < 1.0 and 2.0 < top < 2.5 < max(losses)  # the divergent tail (up to 11.2) is clipped off
+
+
+@pytest.mark.slow
+def test_lr_find_command_and_auto_agree(lfw, tmp_path):
+    from core import lr_finder
+
+    over = lfw_overrides(lfw, **{"optim.lr": "auto", "lr_find.num_steps": 30, "data.num_workers": 1,
+                                 "train.epochs": 1, "finetune.freeze_epochs": 0, "train.grad_accum_steps": 2})  # fmt: skip
+    cfg = config.load("fine_tune", over)
+    found = engine.find_lr(cfg, tmp_path / "find")
+    result = engine.fit(config.load("fine_tune", over), tmp_path / "run")
+    chosen = json.loads((tmp_path / "run" / "lr_find.json").read_text())["chosen"]
+    assert chosen == lr_finder.choose(found, cfg.lr_find.suggestion) and result["status"] == "completed"
+    assert (tmp_path / "find" / "lr_find.png").is_file()
+
+
+# ---------------------------------------------------------------- EMA on a short run
+
+
+@pytest.mark.slow
+def test_ema_validates_close_to_the_live_weights_on_a_short_run(lfw, tmp_path):
+    """16 updates at decay 0.998: without warm-up the EMA keeps 97% of the start (a random head: near chance)."""
+    over = lfw_overrides(lfw, **{"train.ema": "true", "train.ema_decay": 0.998, "data.batch_size": 10,
+                                 "data.image_size": 48, "optim.lr": 3e-3, "train.epochs": 4})  # fmt: skip
+    result = engine.fit(config.load("base", over), tmp_path / "r")
+    print(result["val_top1"], result["val_ema_top1"])
+    assert result["val_top1"] >= 0.8
+    assert result["val_ema_top1"] >= result["val_top1"] - 0.1
+
+
+# ---------------------------------------------------------------- metric learning
+
+
+def test_recall_at_k_and_class_balanced_batches():
+    from core.data.datasets import ClassBalancedSampler
+    from core.losses import recall_at_k
+
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.7, 0.7]])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    assert recall_at_k(emb, labels, [1, 2]) == {1: 0.8, 2: 1.0}  # sample 4's nearest neighbour is of class 0
+    labels = [i % 5 for i in range(50)]
+    sampler = ClassBalancedSampler(labels, 8, 4, seed=3)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 48
+    for b in range(6):
+        batch = [labels[i] for i in order[8 * b : 8 * b + 8]]
+        assert sorted(batch.count(c) for c in set(batch)) == [4, 4]
+    sampler.set_epoch(1)
+    assert list(sampler) != order and list(ClassBalancedSampler(labels, 8, 4, seed=3)) == order
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"loss.name": "triplet"}, "loss.name=triplet trains an embedding: set model.embedding_dim"),
+        ({"loss.name": "triplet", "model.embedding_dim": 16, "data.batch_size": 1}, "may hold no pair of one class"),
+        ({"loss.name": "contrastive", "model.embedding_dim": 16, "data.num_classes": 2, "data.batch_size": 2},
+         "may hold no pair of one class"),
+        ({"loss.name": "triplet", "model.embedding_dim": 16, "data.samples_per_class": 3, "data.batch_size": 8},
+         "data.samples_per_class=3 must be >= 2 and divide data.batch_size=8"),
+        ({"loss.name": "arcface", "model.embedding_dim": 16, "augment.mixup": 0.2}, "needs whole labels"),
+        ({"loss.miner": "batch_hard"}, "loss.miner=batch_hard needs a metric loss"),
+        ({"data.resize": "letterbox"}, "data.resize='letterbox' is not one of"),
+    ],
+)
+def test_bad_metric_learning_input_is_one_line_exit_2_before_anything_is_written(lfw, tmp_path, extra, message):
+    run = tmp_path / "run"
+    proc = run_ftl("train", "fine_tune", *lfw_overrides(lfw, **extra), "--run-dir", run)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_a_batch_without_pairs_is_refused_once_the_data_is_open(lfw, tmp_path):
+    """lfw has 2 classes: a triplet batch of 2 random images may hold no pair (the classes are known only now)."""
+    cfg = config.load("fine_tune", lfw_overrides(lfw, **{"loss.name": "triplet", "model.embedding_dim": 16,
+                                                         "data.batch_size": 2}))  # fmt: skip
+    with pytest.raises(FtlError, match="data.batch_size=2 from 2 classes may hold no pair"):
+        engine.fit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("loss", "extra"), [("triplet", {"loss.miner": "semihard", "loss.ce_weight": 1.0,
+                                                          "data.samples_per_class": 4}),
+                                             ("arcface", {})])  # fmt: skip
+def test_metric_loss_trains_the_embedding_and_reports_recall(lfw, tmp_path, loss, extra):
+    pytest.importorskip("pytorch_metric_learning")
+    over = lfw_overrides(lfw, **{"loss.name": loss, "model.embedding_dim": 32, "loss.recall_at": "[1,4]",
+                                 "data.batch_size": 8, "train.ema": "true", **extra})  # fmt: skip
+    result = engine.fit(config.load("fine_tune", over), tmp_path / "r")
+    assert result["status"] == "completed"
+    assert {"val_recall@1", "val_recall@4", "val_ema_recall@1"} <= result.keys()
+    assert result["val_recall@1"] >= 0.7, result
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "r" / "export" / "last.safetensors"))
+    assert weights["classifier.embed.weight"].shape[0] == 32
+    if loss == "arcface":  # the loss's class centres are trained and saved with the model
+        assert weights["classifier.metric_loss.W"].shape == (32, 2)
+
+
+@pytest.mark.slow
+def test_cross_entropy_run_reports_recall_of_its_features(lfw, tmp_path):
+    result = engine.fit(config.load("base", lfw_overrides(lfw, **{"loss.recall_at": "[1]"})), tmp_path / "r")
+    assert 0.5 <= result["val_recall@1"] <= 1.0
+
+
+# ---------------------------------------------------------------- fixed costs
+
+
+def test_cached_images_give_the_same_samples(lfw):
+    from core.data.datasets import build_datasets
+    from core.data.transforms import train_transform
+
+    make = lambda s: train_transform(s, MEAN, STD, AugmentConfig(color_jitter=0.3))  # noqa: E731
+    a = build_datasets(f"{lfw}/train", f"{lfw}/val", make, None, image_size=32).train
+    b = build_datasets(f"{lfw}/train", f"{lfw}/val", make, None, image_size=32).train
+    assert b.cache_images() and len(b.cache) == len(a)
+    for epoch in (0, 3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        assert all(torch.equal(a[i][0], b[i][0]) for i in (0, 7, 39))
+    assert not build_datasets(f"{lfw}/train", None, make, None).train.cache_images(max_bytes=1000)
+
+
+@pytest.mark.slow
+def test_short_run_skips_mid_run_checkpoints_and_still_resumes_exactly(lfw, tmp_path):
+    from safetensors.torch import load_file
+
+    over = lfw_overrides(lfw, **{"train.checkpoint_min_interval_s": 3600, "data.batch_size": 8, "train.epochs": 3,
+                                 "train.deterministic": "true", "data.image_size": 32})  # fmt: skip
+    cfg = config.load("base", over)
+    full = engine.fit(cfg, tmp_path / "full")
+    assert [p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*")] == ["step_00000015"]  # the last only
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 12  # in epoch 3, with no checkpoint written before
+
+    part = engine.fit(cfg, tmp_path / "part", should_stop=stop)
+    assert part["status"] == "interrupted"
+    resumed = engine.fit(config.load("base", [*over, f"resume={tmp_path / 'part'}"]))
+    assert resumed["val_top1"] == full["val_top1"]
+    a = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "export" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert math.isfinite(resumed["val_loss"])
