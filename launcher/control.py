@@ -92,7 +92,8 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
         if not queued:
             shutil.rmtree(sweep_dir, ignore_errors=True)  # nothing was queued: leave nothing behind
             raise
-        raise FtlError(f"{e}; {queued} of {len(man.jobs)} jobs were queued and are recorded in {sweep_dir}: "
+        what = "search workers" if man.search else "trials"
+        raise FtlError(f"{e}; {queued} of {len(man.jobs)} {what} were queued and are recorded in {sweep_dir}: "
                        f"fix the cause, then `ftl resume {sweep_dir}` queues the rest") from None  # fmt: skip
     return sweep_dir, man, note
 

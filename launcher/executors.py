@@ -214,6 +214,8 @@ class Executor(ABC):
                 fields["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
             if any(getattr(record, k) != v for k, v in fields.items()):
                 man.update(record, **fields)
+        if man.search:  # a search's trials, read again after its workers: a worker seen done has told its trials
+            man.trials = mf.search_trials(man)
 
 
 ACCOUNTING_GRACE_S = 120  # a fresh submission may not be in sacct yet

@@ -185,6 +185,27 @@ def test_cancel_then_resume_continues_the_study(tmp_path):
     assert len(mf.read(out).trials) == 10 and sorted(journal_states(out)) == ["COMPLETE"] * 10
 
 
+def test_a_refresh_never_shows_a_trial_older_than_its_worker(tmp_path):
+    """The race `ftl wait` lost: the lock read the trial (RUNNING), then its worker told it and exited, then the
+    scheduler said the worker completed. The trials are read again after the workers, so a finished search is
+    never reported as a finished worker with a trial still running."""
+    from launcher.control import executor_for
+
+    out = tmp_path / "sw"
+    path = search_file(tmp_path, n_trials=2, max_parallel=1)
+    assert run_ftl("sweep", path, "--cluster", local_cluster(tmp_path, 1), "--out", out).returncode == 0
+    assert run_ftl("wait", out, "--poll", "0.5", timeout=120).returncode == 0
+    told = out / "search" / "trials" / "t00001.json"
+    final = told.read_text()
+    told.write_text(json.dumps({**json.loads(final), "state": "RUNNING"}))  # as the lock read it, mid-tell
+    with mf.locked(out) as man:
+        assert man.trials["t00001"].state == "RUNNING"
+        told.write_text(final)  # the worker tells the trial, writes its result and exits
+        executor_for(man).refresh(man, mf.TrialFiles(man))
+        assert {t.state for t in man.jobs.values()} == {"COMPLETED"}
+        assert man.trials["t00001"].state == "COMPLETED"
+
+
 # ---------------------------------------------------------------- on SLURM
 
 
