@@ -35,8 +35,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from fastai.vision.all import (ImageDataLoaders, Normalize, Resize, accuracy, aug_transforms, set_seed,
-                                   vision_learner)  # fmt: skip
+    from fastai.vision.all import ImageDataLoaders, Normalize, Resize, accuracy, aug_transforms, set_seed, vision_learner
 
     from core.models import data_config
     from core.zoo import load_pretrained

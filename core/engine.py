@@ -250,9 +250,8 @@ def build_tracking(cfg: DictConfig, run_dir: Path, main: bool, resume_step: int)
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=main)
     if not (cfg.tracking.wandb and main):
         return logger, None
-    from core.tracking import WandbTracker
-
     from core.checks import logged_metrics
+    from core.tracking import WandbTracker
 
     tr, values = cfg.tracking, config_lib.to_dict(cfg)
     run = WandbTracker(run_dir, values, tr.project, tr.entity, tr.group, tr.name, tr.job_type, list(tr.tags),

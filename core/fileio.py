@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 UMASK = os.umask(0)
 os.umask(UMASK)
 

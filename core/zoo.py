@@ -15,7 +15,6 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from core.errors import FtlError

@@ -12,7 +12,6 @@ makes class-balanced batches for metric losses; `range_test_loader` feeds the LR
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
