@@ -35,7 +35,15 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from fastai.vision.all import ImageDataLoaders, Normalize, Resize, accuracy, aug_transforms, set_seed, vision_learner
+    from fastai.vision.all import (
+        ImageDataLoaders,
+        Normalize,
+        Resize,
+        accuracy,
+        aug_transforms,
+        set_seed,
+        vision_learner,
+    )
 
     from core.models import data_config
     from core.zoo import load_pretrained
