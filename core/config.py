@@ -47,7 +47,7 @@ class DataConfig:
     num_classes: int | None = None  # optional check against the class folders found
     image_size: Any = 224  # int, or progressive resizing: [64, 96] (equal parts) or [[0, 64], [3, 96]] (from epoch)
     resize: str = "auto"  # non-square images: crop | squash | pad (timm's center | squash | border) | auto (squash on
-    #                       the torch loader, measured best; crop on ffcv / gpu, which crop in their decoders)
+    #                       the torch loader: keeps the whole image; crop on ffcv / gpu, which crop in their decoders)
     crop_pct: float | None = None  # validation: resize to image_size / crop_pct, center crop; None: the model's own
     cache: Any = "auto"  # torch path: keep decoded images in RAM (true | false | auto: when they fit in 2 GiB)
     samples_per_class: int = 0  # > 0: class-balanced batches, this many samples of each class (metric losses)
@@ -104,7 +104,7 @@ class LRFindConfig:
     start_lr: float = 1e-7
     end_lr: float = 10.0
     num_steps: int = 100
-    suggestion: str = "minimum"  # minimum (lowest loss / 10) | valley | steepest; docs/benchmarks.md: why minimum
+    suggestion: str = "minimum"  # minimum (lowest loss / 10) | valley | steepest; docs/benchmarks.md: how auto fares
 
 
 @dataclass
