@@ -40,10 +40,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     rank = os.environ.get("RANK")
     prefix = f"ftl: rank {rank}: " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "ftl: "
+    best = f"(best top1 {result['best_metric']:.4f} at epoch {result['best_epoch']})"
     lines = [f"{prefix}final val_top1 {result['val_top1']:.4f} val_top5 {result['val_top5']:.4f} "
-             f"val_loss {result['val_loss']:.4f} (best top1 {result['best_metric']:.4f} at epoch {result['best_epoch']})"]
-    if prefix != "ftl: ":
-        lines.append(f"{prefix}weights {result['weights_digest']}")  # every rank's own: equal when DDP kept them in sync
+             f"val_loss {result['val_loss']:.4f} {best}"]  # fmt: skip
+    if prefix != "ftl: ":  # every rank's own weights: equal when DDP kept them in sync
+        lines.append(f"{prefix}weights {result['weights_digest']}")
     lines.append(f"{prefix}run dir {result['run_dir']}")
     # one write: ranks share the terminal, and print() writes a line's text and its newline separately
     sys.stdout.write("".join(f"{line}\n" for line in lines))
