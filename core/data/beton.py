@@ -268,13 +268,11 @@ def open_beton(path: str | Path, what: str = "data.train_dir") -> Beton:
     from ffcv.reader import Reader
     from ffcv.types import HeaderType
 
+    from core.data.beton_reader import FIX as fix
+    from core.data.beton_reader import beton_size
+
     path = Path(path).expanduser()
-    fix = "re-create it with `ftl data convert`"
-    if not path.is_file():
-        raise FtlError(f"{what}={path}: no such .beton file; create it with `ftl data convert SRC --out {path}`")
-    size = path.stat().st_size
-    if size < HeaderType.itemsize:
-        raise FtlError(f"{what}={path}: not a .beton ({size} bytes, shorter than its header); {fix}")
+    size = beton_size(path, what, HeaderType.itemsize)
     try:
         reader = Reader(str(path))
     except Exception as e:  # noqa: BLE001 - FFCV raises assorted errors on garbage

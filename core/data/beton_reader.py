@@ -65,60 +65,69 @@ class BetonIndex:
         return out
 
 
+FIX = "re-create it with `ftl data convert`"
+
+
+def beton_size(path: Path, what: str, header_bytes: int) -> int:
+    """The size of the .beton at path, after the checks every reader makes first (it exists, it is at least a
+    header long); FtlError naming the file and the fix otherwise."""
+    if not path.is_file():
+        raise FtlError(f"{what}={path}: no such .beton file; create it with `ftl data convert SRC --out {path}`")
+    size = path.stat().st_size
+    if size < header_bytes:
+        raise FtlError(f"{what}={path}: not a .beton ({size} bytes, shorter than its header); {FIX}")
+    return size
+
+
 def read_beton(path: str | Path, what: str = "data.train_dir") -> BetonIndex:
     """Read and check a .beton written by `ftl data convert` (fields image and label); any problem is one
     FtlError naming the file and the fix."""
     path = Path(path).expanduser()
-    fix = "re-create it with `ftl data convert`"
-    if not path.is_file():
-        raise FtlError(f"{what}={path}: no such .beton file; create it with `ftl data convert SRC --out {path}`")
-    size = path.stat().st_size
-    if size < HEADER.itemsize:
-        raise FtlError(f"{what}={path}: not a .beton ({size} bytes, shorter than its header); {fix}")
+    size = beton_size(path, what, HEADER.itemsize)
     with open(path, "rb") as f:
         header = np.frombuffer(f.read(HEADER.itemsize), HEADER)[0]
         n, num_fields = int(header["num_samples"]), int(header["num_fields"])
         if int(header["version"]) != VERSION or not 0 < num_fields < 64:
             raise FtlError(f"{what}={path}: not a readable .beton (version {int(header['version'])}, "
-                           f"{num_fields} fields; expected version {VERSION}); {fix}")  # fmt: skip
+                           f"{num_fields} fields; expected version {VERSION}); {FIX}")  # fmt: skip
         descs = np.frombuffer(f.read(FIELD_DESC.itemsize * num_fields), FIELD_DESC)
         if len(descs) != num_fields:
-            raise FtlError(f"{what}={path}: truncated .beton (field descriptors past the end of the file); {fix}")
+            raise FtlError(f"{what}={path}: truncated .beton (field descriptors past the end of the file); {FIX}")
         names = [bytes(d["name"]).split(b"\0")[0].decode("ascii", "replace") for d in descs]
         kinds = {name: TYPE_IDS.get(int(d["type_id"]), f"type {int(d['type_id'])}") for name, d in zip(names, descs)}
         if names != ["image", "label"] or kinds["image"] != "RGB image" or kinds["label"] != "int":
             raise FtlError(f"{what}={path}: expected fields image (RGB image) and label (int), found "
-                           f"{', '.join(f'{k} ({v})' for k, v in kinds.items())}; {fix}")  # fmt: skip
+                           f"{', '.join(f'{k} ({v})' for k, v in kinds.items())}; {FIX}")  # fmt: skip
         # FFCV's metadata record: one member per field, aligned like a C struct (get_metadata_type)
         record = np.dtype([("f0", IMAGE_META), ("f1", INT_META)], align=True)
         table_ptr = int(header["alloc_table_ptr"])
         meta_end = HEADER.itemsize + descs.nbytes + record.itemsize * n
         if table_ptr > size or meta_end > size:
-            raise FtlError(f"{what}={path}: truncated or corrupt .beton (index past the end of the file); {fix}")
+            raise FtlError(f"{what}={path}: truncated or corrupt .beton (index past the end of the file); {FIX}")
         metadata = np.frombuffer(f.read(record.itemsize * n), record)
         f.seek(table_ptr)
         rest = f.read()  # whole entries only, as FFCV's np.fromfile reads them (trailing bytes: the sidecar check)
         table = np.frombuffer(rest[: len(rest) - len(rest) % ALLOC_TABLE.itemsize], ALLOC_TABLE)
     if len(metadata) != n or not len(table):
-        raise FtlError(f"{what}={path}: truncated or corrupt .beton (index past the end of the file); {fix}")
+        raise FtlError(f"{what}={path}: truncated or corrupt .beton (index past the end of the file); {FIX}")
     if int((table["ptr"] + table["size"]).max()) > size:
-        raise FtlError(f"{what}={path}: truncated .beton (image data past the end of the file); {fix}")
+        raise FtlError(f"{what}={path}: truncated .beton (image data past the end of the file); {FIX}")
     image = metadata["f0"]
     order = np.argsort(table["ptr"])
     ptrs_sorted, sizes_sorted = table["ptr"][order], table["size"][order]
     at = np.minimum(np.searchsorted(ptrs_sorted, image["data_ptr"]), len(order) - 1)
     if not np.array_equal(ptrs_sorted[at], image["data_ptr"]):
-        raise FtlError(f"{what}={path}: corrupt .beton (an image points outside its allocation table); {fix}")
+        raise FtlError(f"{what}={path}: corrupt .beton (an image points outside its allocation table); {FIX}")
     sidecar = Path(f"{path}.json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if meta and (meta.get("beton_bytes") != size or meta.get("num_samples") != n):
         said = f"{meta.get('beton_bytes')} / {meta.get('num_samples')}"
         raise FtlError(f"{what}={path}: {size} bytes / {n} samples, but {sidecar.name} says {said}: the file is "
-                       f"incomplete or changed; {fix}")  # fmt: skip
+                       f"incomplete or changed; {FIX}")  # fmt: skip
     labels = metadata["f1"].astype(np.int64)
     classes = meta.get("classes") or [str(c) for c in range(int(labels.max()) + 1)]
     if labels.min() < 0 or labels.max() >= len(classes):
-        raise FtlError(f"{what}={path}: labels {labels.min()}..{labels.max()} do not fit {len(classes)} classes; {fix}")
+        raise FtlError(f"{what}={path}: labels {labels.min()}..{labels.max()} do not fit {len(classes)} classes; {FIX}")
     return BetonIndex(path, n, labels, image["mode"].copy(), image["height"].astype(np.int64),
                       image["width"].astype(np.int64), image["data_ptr"].copy(), sizes_sorted[at], list(classes),
                       meta)  # fmt: skip
