@@ -12,6 +12,9 @@ for everyone. Configs:
     full    a plain timm-style full fine-tune: AdamW lr 1e-3, one-cycle, 6 epochs, crop resize (reference)
     fastai  vision_learner(...).fine_tune(5) with the same offline backbone (reference; needs --fastai-site)
     crop / squash / pad   ftl's default with that data.resize (how the default was chosen)
+    ce / triplet / arcface   ftl's default with cross-entropy, triplet (batch-hard mining, + cross-entropy, class-
+            balanced batches) or ArcFace on a 128-d embedding head; val recall@1 of the embeddings next to top-1
+            (run them on the fine-grained garments task: --tasks garments)
 
 Per task and backbone: top-1 (mean of seeds), wall s, gap = ftl - best reference (points), wall ratio. The last
 line is `worst_gap_points: X` (the most negative gap; >= 0 means ftl matched or beat the best reference
@@ -42,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from transfer_tasks import TASKS  # noqa: E402
+from transfer_tasks import QUALITY_TASKS, TASKS  # noqa: E402
 
 BACKBONES = {"mobilenetv2_100": "mobilenetv2_100.tv_in1k", "tf_efficientnet_lite0": "tf_efficientnet_lite0.in1k"}
 FULL = ["finetune.strategy=full", "optim.lr=1e-3", "optim.lr_spread=1", "schedule.name=onecycle", "train.epochs=6",
@@ -55,6 +58,11 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "crop": ("fine_tune", ["data.resize=crop"]),
     "squash": ("fine_tune", ["data.resize=squash"]),
     "pad": ("fine_tune", ["data.resize=pad"]),
+    # metric learning against cross-entropy (the garments task): retrieval recall@k of what each model embeds
+    "ce": ("fine_tune", ["loss.recall_at=[1,5]"]),
+    "triplet": ("fine_tune", ["loss.name=triplet", "loss.miner=batch_hard", "loss.ce_weight=1", "model.embedding_dim=128",
+                              "data.samples_per_class=8", "loss.recall_at=[1,5]"]),  # fmt: skip
+    "arcface": ("fine_tune", ["loss.name=arcface", "model.embedding_dim=128", "loss.recall_at=[1,5]"]),
 }
 REFERENCES = ("full", "fastai")
 
@@ -76,6 +84,8 @@ def run_ftl(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     lr_find = run_dir / "lr_find.json"
     if lr_find.is_file():
         out["lr"] = json.loads(lr_find.read_text())["chosen"]
+    if "val_recall@1" in result:
+        out["recall@1"] = result["val_recall@1"]
     return out
 
 
@@ -93,7 +103,7 @@ def run_fastai(site: str, data: Path, arch: str, pretrained: str, seed: int, bs:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--tasks", nargs="+", default=list(QUALITY_TASKS), choices=list(TASKS))
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--configs", nargs="+", default=["ftl", "full", "fastai"], choices=list(CONFIGS))
@@ -130,7 +140,8 @@ def main() -> None:
                                           where)  # fmt: skip
                         rows.append({"task": task, "backbone": backbone, "config": name, "seed": seed, **res})
                         lr = f" (lr {res['lr']:.2e})" if "lr" in res else ""
-                        print(f"RESULT {task} {backbone} {name} seed {seed}: top1 {res['top1']:.4f} in "
+                        recall = f" recall@1 {res['recall@1']:.4f}" if "recall@1" in res else ""
+                        print(f"RESULT {task} {backbone} {name} seed {seed}: top1 {res['top1']:.4f}{recall} in "
                               f"{res['wall_s']:.1f}s{lr}", flush=True)  # fmt: skip
 
     import torch

@@ -127,4 +127,5 @@ def cards(out: Path, per_class: int = 12, val_per_class: int = 30, height: int =
     return _build(out, make)
 
 
-TASKS: dict[str, Callable[[Path], Path]] = {"fmnist": fmnist, "digits": digits, "lfw": lfw, "cards": cards}
+QUALITY_TASKS: dict[str, Callable[[Path], Path]] = {"fmnist": fmnist, "digits": digits, "lfw": lfw, "cards": cards}
+TASKS: dict[str, Callable[[Path], Path]] = {**QUALITY_TASKS, "garments": garments}  # garments: the metric-learning run

@@ -105,6 +105,7 @@ class LRFindConfig:
     end_lr: float = 10.0
     num_steps: int = 100
     suggestion: str = "minimum"  # minimum (lowest loss / 10) | valley | steepest; docs/benchmarks.md: how auto fares
+    each_phase: bool = True  # a range test as each fine-tune phase starts (false: the first phase's LR for all)
 
 
 @dataclass

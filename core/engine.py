@@ -217,8 +217,8 @@ def build_optimizer(net: Network, o: Any, peak: float | None, spread: float) -> 
                             o.layer_decay, o.no_decay_norm_bias)  # fmt: skip
 
 
-def build_schedule(optimizer, s: Any, peak: float, phases: list[Phase], updates_per_epoch: int) -> PhasedSchedule:
-    return PhasedSchedule(optimizer, s.name, peak, [p.epochs * updates_per_epoch for p in phases], updates_per_epoch,
+def build_schedule(optimizer, s: Any, peaks: list[float | None], phases: list[Phase], updates_per_epoch: int) -> PhasedSchedule:
+    return PhasedSchedule(optimizer, s.name, peaks, [p.epochs * updates_per_epoch for p in phases], updates_per_epoch,
                           s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
 
 
@@ -308,8 +308,8 @@ class FineTune:
         self.build()  # every user-fixable problem surfaces here or in plan_run, before anything is written
         self.plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir) if self.main else None])[0]
         self.run_dir: Path = self.plan.run_dir
-        self.peak = self.peak if self.peak is not None else self._auto_lr()
-        self.schedule = build_schedule(self.optimizer, cfg.schedule, self.peak, self.net.phases, self.updates_per_epoch)
+        self.schedule = build_schedule(self.optimizer, cfg.schedule, self._phase_peaks(), self.net.phases,
+                                       self.updates_per_epoch)  # fmt: skip
         # use_warmup: the decay grows with the updates (1 - (1 + n)^-2/3) up to ema_decay, so a run of 20 updates
         # averages its last few, not the pretrained start (a fixed 0.998 would keep 96% of the start after 20)
         self.ema = ModelEmaV3(self.module, decay=t.ema_decay, use_warmup=t.ema_warmup) if t.ema else None
@@ -376,11 +376,13 @@ class FineTune:
         metrics: dict[str, float] = dict(state.metrics)  # a resumed finished run reports its last validation
         size, phase, status = None, None, "completed"
         while state.epoch < t.epochs:
-            if phase != (new_phase := self.net.phases[phase_at(self.net.phases, state.epoch)]):
+            if phase != (new_phase := self.net.phases[index := phase_at(self.net.phases, state.epoch)]):
                 phase = new_phase
                 apply_phase(self.module, self.net.stages, phase, self.net.always_frozen, self.cfg.finetune.train_bn)
                 self.say(f"ftl: epoch {state.epoch + 1}: stages {phase.first_trainable_stage}..{len(self.net.stages) - 1}"
                          f" of 0..{len(self.net.stages) - 1} train; {count_params(self.module)}")  # fmt: skip
+                if self.schedule.peaks[index] is None:  # optim.lr=auto: this phase's LR, found as it starts
+                    self.schedule.set_peak(index, self._auto_lr(index))
             if size != (new_size := image_size_at(self.cfg.data.image_size, state.epoch, t.epochs)):
                 size = new_size
                 for loader in (self.train_loader, self.val_loader):
@@ -533,29 +535,53 @@ class FineTune:
 
     # ------------------------------------------------------------ setup helpers
 
-    def _auto_lr(self) -> float:
-        """optim.lr: auto - the LR finder (`range_test`) in the state the first phase trains, with the run's loss
-        and gradient accumulation. A resumed run reuses the LR it chose."""
-        lf, run_dir = self.cfg.lr_find, self.run_dir
-        if self.plan.resuming and (run_dir / "lr_find.json").is_file():
-            return float(json.loads((run_dir / "lr_find.json").read_text())["chosen"])
-        result = self.range_test()
+    def _phase_peaks(self) -> list[float | None]:
+        """Each phase's peak LR. optim.lr=auto: the first phase's from the LR finder now; with lr_find.each_phase
+        a later phase's when it starts (None until then), in the state it trains: a head-only range test says
+        nothing of what the unfrozen body tolerates. A resumed run reuses the LRs it chose."""
+        phases, first = self.net.phases, phase_at(self.net.phases, 0)
+        if self.peak is not None:
+            return [self.peak] * len(phases)
+        if not self.cfg.lr_find.each_phase:
+            return [self._auto_lr(first)] * len(phases)
+        peaks = [self._chosen_lr(i) if self.plan.resuming else None for i in range(len(phases))]
+        peaks[first] = peaks[first] or self._auto_lr(first)
+        return peaks
+
+    def _lr_find_stem(self, phase: int) -> str:
+        return "lr_find" if phase == phase_at(self.net.phases, 0) else f"lr_find_phase{phase + 1}"
+
+    def _chosen_lr(self, phase: int) -> float | None:
+        path = self.run_dir / f"{self._lr_find_stem(phase)}.json"
+        return float(json.loads(path.read_text())["chosen"]) if path.is_file() else None
+
+    def _auto_lr(self, phase: int) -> float:
+        """optim.lr: auto - the LR finder (`range_test`) in the state `phase` trains, with the run's loss and
+        gradient accumulation; lr_find[_phaseN].{json,png} in the run dir. A resumed run reuses the LR it chose."""
+        lf, run_dir, stem = self.cfg.lr_find, self.run_dir, self._lr_find_stem(phase)
+        if self.plan.resuming and (chosen := self._chosen_lr(phase)) is not None:
+            return chosen
+        result = self.range_test(phase)
         chosen = lr_finder.choose(result, lf.suggestion)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            lr_finder.save(result, run_dir, mark=lf.suggestion)
-            data = json.loads((run_dir / "lr_find.json").read_text())
-            write_json_atomic(run_dir / "lr_find.json", {**data, "chosen": chosen})
-        self.say(f"ftl: optim.lr=auto -> {lf.suggestion} {chosen:.2e} (plot: {run_dir / 'lr_find.png'})")
+            title = f"LR range test, phase {phase + 1} ({self.net.phases[phase].first_trainable_stage}.."
+            lr_finder.save(result, run_dir, mark=lf.suggestion, stem=stem,
+                           title=title + f"{len(self.net.stages) - 1} of 0..{len(self.net.stages) - 1} train)")  # fmt: skip
+            data = json.loads((run_dir / f"{stem}.json").read_text())
+            write_json_atomic(run_dir / f"{stem}.json", {**data, "phase": phase + 1, "chosen": chosen})
+        self.say(f"ftl: optim.lr=auto -> phase {phase + 1}: {lf.suggestion} {chosen:.2e} (plot: {run_dir / stem}.png)")
         return chosen
 
-    def range_test(self) -> lr_finder.LRFindResult:
-        """The LR range test on what build() made, in the state the first phase trains (its stages frozen): one
-        update per point over train.grad_accum_steps micro-batches, and one stream of batches for the whole test
-        (torch path: one DataLoader over seeded passes through the data; other loaders: their passes in turn)."""
+    def range_test(self, phase: int | None = None) -> lr_finder.LRFindResult:
+        """The LR range test on what build() made, in the state `phase` trains (default: the first; its stages
+        frozen): one update per point over train.grad_accum_steps micro-batches, and one stream of batches for
+        the whole test (torch path: one DataLoader over seeded passes through the data; other loaders: their
+        passes in turn). Weights, optimizer and RNG come back as they were; the phase's state stays applied."""
         cfg, acc = self.cfg, self.accelerator
         lf, d, t = cfg.lr_find, cfg.data, cfg.train
-        apply_phase(self.module, self.net.stages, self.net.phases[0], self.net.always_frozen, cfg.finetune.train_bn)
+        phase = phase_at(self.net.phases, 0) if phase is None else phase
+        apply_phase(self.module, self.net.stages, self.net.phases[phase], self.net.always_frozen, cfg.finetune.train_bn)
         needed = lf.num_steps * t.grad_accum_steps
         device, channels_last = acc.device, self.speed.channels_last
 
@@ -597,8 +623,8 @@ class FineTune:
         from core.preview import augment_grid
 
         cfg, run, run_dir, step = self.cfg, self.wandb, self.run_dir, self.state.global_step
-        if (run_dir / "lr_find.png").is_file():
-            run.log_image("lr_find", run_dir / "lr_find.png", step)
+        for plot in sorted(run_dir.glob("lr_find*.png")):
+            run.log_image(plot.stem, plot, step)
         run.log_image("augment_preview", augment_grid(cfg, run_dir / "augment_preview.png", samples=4, repeats=6), step)
         n = min(cfg.tracking.log_samples, self.data.sizes[1])
         if n:

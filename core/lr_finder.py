@@ -151,15 +151,16 @@ def choose(result: LRFindResult, which: str = "valley") -> float:
     return result.suggestions[which]
 
 
-def save(result: LRFindResult, out_dir: Path, mark: str = "valley") -> tuple[Path, Path]:
-    """Write lr_find.json and lr_find.png (loss against log LR, suggestions marked)."""
+def save(result: LRFindResult, out_dir: Path, mark: str = "valley", stem: str = "lr_find",
+         title: str = "LR range test") -> tuple[Path, Path]:  # fmt: skip
+    """Write <stem>.json and <stem>.png (loss against log LR, suggestions marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / "lr_find.json", out_dir / "lr_find.png"
+    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
     write_json_atomic(json_path, asdict(result))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result.lrs, result.losses)
@@ -172,7 +173,7 @@ def save(result: LRFindResult, out_dir: Path, mark: str = "valley") -> tuple[Pat
         y = result.losses[min(range(len(result.lrs)), key=lambda i: abs(result.lrs[i] - lr))]
         ax.plot([lr], [y], "o" if name == mark else "x", label=f"{name}: {lr:.2e}", markersize=8 if name == mark else 6)
     ax.legend()
-    ax.set_title("LR range test" + (" (stopped on divergence)" if result.diverged else ""))
+    ax.set_title(title + (" (stopped on divergence)" if result.diverged else ""))
     fig.tight_layout()
     write_atomic(png_path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)

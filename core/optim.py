@@ -128,12 +128,14 @@ def create_schedule(optimizer, name: str, total_updates: int, updates_per_epoch:
 
 
 class PhasedSchedule:
-    """One schedule cycle per fine-tune phase, stepped once per optimizer update."""
+    """One schedule cycle per fine-tune phase, stepped once per optimizer update. `peaks` is each phase's peak LR
+    (one number: every phase's); a phase whose peak is None (optim.lr=auto, found when the phase starts) gets it
+    through `set_peak` before its first update."""
 
-    def __init__(self, optimizer, name: str, peak_lr: float, phase_updates: list[int], updates_per_epoch: int,
-                 warmup_epochs: float = 0.0, pct_start: float = 0.25, min_lr: float = 1e-6):  # fmt: skip
+    def __init__(self, optimizer, name: str, peaks: float | list[float | None], phase_updates: list[int],
+                 updates_per_epoch: int, warmup_epochs: float = 0.0, pct_start: float = 0.25, min_lr: float = 1e-6):  # fmt: skip
         self.optimizer = optimizer
-        self.peak_lr = peak_lr
+        self.peaks = list(peaks) if isinstance(peaks, list) else [peaks] * len(phase_updates)
         self.phase_updates = phase_updates
         self.kwargs = {"name": name, "updates_per_epoch": updates_per_epoch, "warmup_epochs": warmup_epochs,
                        "pct_start": pct_start, "min_lr": min_lr}  # fmt: skip
@@ -141,11 +143,22 @@ class PhasedSchedule:
         self._start(0)
 
     def _start(self, phase: int) -> None:
-        self.phase, self.in_phase = phase, 0
-        set_peak_lr(self.optimizer, self.peak_lr)
-        self.scheduler = create_schedule(self.optimizer, total_updates=self.phase_updates[phase], **self.kwargs)
+        while not self.phase_updates[phase] and phase + 1 < len(self.phase_updates):
+            phase += 1  # an empty phase (finetune.freeze_epochs=0) has no update to schedule
+        self.phase, self.in_phase, self.scheduler = phase, 0, None
+        if self.peaks[phase] is not None:
+            set_peak_lr(self.optimizer, self.peaks[phase])
+            self.scheduler = create_schedule(self.optimizer, total_updates=self.phase_updates[phase], **self.kwargs)
+
+    def set_peak(self, phase: int, peak: float) -> None:
+        """A phase's peak LR once known; the current phase starts its cycle with it (before its first update)."""
+        self.peaks[phase] = peak
+        if phase == self.phase and self.in_phase == 0:
+            self._start(phase)
 
     def step(self) -> None:
+        if self.scheduler is None:
+            raise RuntimeError(f"PhasedSchedule: phase {self.phase} has no peak LR yet (set_peak first)")
         self.updates += 1
         self.in_phase += 1
         if hasattr(self.scheduler, "step_update"):

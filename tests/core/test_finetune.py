@@ -96,6 +96,29 @@ def test_phased_schedule_restarts_a_cycle_per_phase_and_replays_exactly():
     assert opt2.param_groups[0]["lr"] == lrs[27] and replayed.phase == 1
 
 
+def test_phased_schedule_skips_an_empty_phase_and_waits_for_a_found_peak():
+    """finetune.freeze_epochs=0 plans an empty first phase: the first update is the one-cycle's warm-up start, not
+    the peak. A phase whose peak is None (optim.lr=auto, found when it starts) takes it from set_peak."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    opt.param_groups[0]["ftl_lr_scale"] = 1.0
+    sched = PhasedSchedule(opt, "onecycle", 1e-2, [0, 20], updates_per_epoch=20)
+    assert sched.phase == 1 and opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 25)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[-1] < 1e-6 and max(lrs) == pytest.approx(1e-2, rel=0.05)
+    later = PhasedSchedule(opt, "onecycle", [1e-2, None], [4, 8], updates_per_epoch=4)
+    for _ in range(4):
+        later.step()
+    assert later.phase == 1 and later.scheduler is None
+    with pytest.raises(RuntimeError, match="no peak LR"):
+        later.step()
+    later.set_peak(1, 3e-3)
+    assert opt.param_groups[0]["lr"] == pytest.approx(3e-3 / 25)
+
+
 def test_lr_finder_on_a_known_problem_restores_weights():
     """Softmax regression on scikit-learn's digits with SGD: sane LRs lie around 1e-2..1."""
     from accelerate import Accelerator

@@ -206,6 +206,49 @@ def test_lr_find_command_and_auto_agree(lfw, tmp_path):
     assert (tmp_path / "find" / "lr_find.png").is_file()
 
 
+def test_auto_finds_each_phases_lr_as_it_starts_and_resumes_exactly(lfw, tmp_path):
+    """optim.lr=auto with freeze-then-unfreeze: a head-only range test before the first phase and a whole-network
+    one when the unfrozen phase starts (its own LR, JSON and plot), each phase's one-cycle peaking at its own LR;
+    a run stopped in either phase, or between them, resumes to the same weights without re-running a test."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import stop_after
+
+    over = lfw_overrides(lfw, **{"optim.lr": "auto", "lr_find.num_steps": 12, "data.batch_size": 8, "train.epochs": 3,
+                                 "data.image_size": 32, "train.deterministic": "true"})  # fmt: skip
+    full = engine.fit(config.load("fine_tune", over), tmp_path / "full")
+    one, two = (json.loads((tmp_path / "full" / f).read_text()) for f in ("lr_find.json", "lr_find_phase2.json"))
+    assert (one["phase"], two["phase"]) == (1, 2) and (tmp_path / "full" / "lr_find_phase2.png").is_file()
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]  # the head group's LR after each of the 5 + 10 updates
+    assert len(lrs) == 15
+    assert 0.5 * one["chosen"] <= max(lrs[:5]) <= one["chosen"] * 1.0001
+    assert 0.9 * two["chosen"] <= max(lrs[5:]) <= two["chosen"] * 1.0001
+    digest = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
+    for stop, where in ((5, "at the phase boundary, before phase 2's test"), (8, "in phase 2, after its test")):
+        part = tmp_path / f"part{stop}"
+        assert engine.fit(config.load("fine_tune", over), part, should_stop=stop_after(stop))["status"] == "interrupted"
+        found = sorted(p.name for p in part.glob("lr_find*.json"))
+        assert found == (["lr_find.json"] if stop == 5 else ["lr_find.json", "lr_find_phase2.json"]), where
+        before = {p.name: p.stat().st_mtime_ns for p in part.glob("lr_find*.json")}
+        resumed = engine.fit(config.load("fine_tune", [*over, f"resume={part}"]))
+        assert resumed["val_top1"] == full["val_top1"], where
+        again = load_file(str(part / "export" / "last.safetensors"))
+        assert all(torch.equal(digest[k], again[k]) for k in digest), where
+        assert all(part.joinpath(n).stat().st_mtime_ns == t for n, t in before.items()), where  # not re-run
+        assert json.loads((part / "lr_find_phase2.json").read_text())["chosen"] == two["chosen"], where
+
+
+def test_auto_with_one_test_for_every_phase(lfw, tmp_path):
+    over = lfw_overrides(lfw, **{"optim.lr": "auto", "lr_find.num_steps": 12, "lr_find.each_phase": "false",
+                                 "data.batch_size": 8, "train.epochs": 2, "data.image_size": 32})  # fmt: skip
+    engine.fit(config.load("fine_tune", over), tmp_path / "r")
+    assert [p.name for p in tmp_path.joinpath("r").glob("lr_find*.json")] == ["lr_find.json"]
+    chosen = json.loads((tmp_path / "r" / "lr_find.json").read_text())["chosen"]
+    lrs = [json.loads(line).get("lr") for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.9 * chosen <= max(x for x in lrs[5:] if x) <= chosen * 1.0001
+
+
 # ---------------------------------------------------------------- EMA on a short run
 
 
