@@ -84,6 +84,7 @@ def run_ftl(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     lr_find = run_dir / "lr_find.json"
     if lr_find.is_file():
         out["lr"] = json.loads(lr_find.read_text())["chosen"]
+    out["time_s"] = result.get("time_s", {})
     if "val_recall@1" in result:
         out["recall@1"] = result["val_recall@1"]
     return out
@@ -99,6 +100,27 @@ def run_fastai(site: str, data: Path, arch: str, pretrained: str, seed: int, bs:
     if proc.returncode != 0:
         raise SystemExit(f"fastai failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
     return {"top1": json.loads(out.read_text())["top1"], "wall_s": wall}
+
+
+PARTS = ("start", "build", "lr_find", "first_update", "train", "validate", "export", "checkpoint")
+
+
+def print_time_breakdown(rows: list[dict], tasks: list[str], backbones: list[str]) -> None:
+    """Where a short ftl run's wall time goes (result.json's time_s, mean over seeds): process start to the run
+    (interpreter, imports, config), build (data, model, loaders, image cache), the epochs' training (first_update:
+    the first epoch's loader start and first step, inside train), validation, exports, checkpoints; exit: the
+    wall time after the run (interpreter shutdown)."""
+    print("\n| task | backbone | wall s | " + " | ".join(PARTS) + " | exit |")
+    print("| --- " * (len(PARTS) + 4) + "|")
+    for task in tasks:
+        for backbone in backbones:
+            sel = [r for r in rows if (r["task"], r["backbone"]) == (task, backbone) and r.get("time_s")]
+            if not sel:
+                continue
+            mean = {k: statistics.mean(r["time_s"].get(k, 0.0) for r in sel) for k in (*PARTS, "total")}
+            wall = statistics.mean(r["wall_s"] for r in sel)
+            print(f"| {task} | {backbone} | {wall:.1f} | " + " | ".join(f"{mean[k]:.1f}" for k in PARTS)
+                  + f" | {wall - mean['total']:.1f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -170,6 +192,8 @@ def main() -> None:
             summary[f"{task}/{backbone}"] = cell
             print(f"| {task} | {backbone} | " + " | ".join(f"{cell[c][0]:.4f} ({cell[c][1]:.0f})" for c in configs)
                   + f" | {gap} | {ratio} |")  # fmt: skip
+    if "ftl" in configs:
+        print_time_breakdown([r for r in rows if r["config"] == "ftl"], args.tasks, args.backbones)
     if "auto" in configs and "ftl" in configs:
         worst = max(abs(100 * (v["auto"][0] - v["ftl"][0])) for v in summary.values())
         print(f"auto_vs_fixed_max_points: {worst:.1f}")

@@ -12,11 +12,13 @@ Everything a user can get wrong (data, model, weights, output dir) is checked be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -294,18 +296,39 @@ class FineTune:
     def __init__(self, cfg: DictConfig, should_stop: Callable[[], bool] | None = None,
                  on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None):  # fmt: skip
         self.cfg, self.should_stop, self.on_epoch_end = cfg, should_stop, on_epoch_end
+        self.created = time.perf_counter()
         self.precision, self.precision_note = resolve_precision(cfg.train.precision)
         self.accelerator = create_accelerator(self.precision, cfg.train.grad_accum_steps, cfg.train.seed,
                                               find_unused=cfg.finetune.strategy != "full")  # fmt: skip
         self.say = self.accelerator.print
         self.main = self.accelerator.is_main_process
+        self.spent: dict[str, float] = defaultdict(float)  # seconds per part of the run (result.json's time_s)
+
+    @contextlib.contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[part] += time.perf_counter() - started
+
+    def time_spent(self) -> dict[str, float]:
+        """Where this process's time went: start (interpreter, imports, config: from process start to the run),
+        build (data, model, loaders, image cache), lr_find, train (of which first_update: the first epoch's
+        loader start and first step), validate, export, checkpoint; total from process start."""
+        import psutil
+
+        total = time.time() - psutil.Process().create_time()
+        return {"start": round(total - (time.perf_counter() - self.created), 3),
+                **{k: round(v, 3) for k, v in self.spent.items()}, "total": round(total, 3)}  # fmt: skip
 
     def setup(self, run_dir: str | Path | None) -> None:
         from accelerate.utils import broadcast_object_list
         from timm.utils import ModelEmaV3
 
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        self.build()  # every user-fixable problem surfaces here or in plan_run, before anything is written
+        with self.timed("build"):
+            self.build()  # every user-fixable problem surfaces here or in plan_run, before anything is written
         self.plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir) if self.main else None])[0]
         self.run_dir: Path = self.plan.run_dir
         self.schedule = build_schedule(self.optimizer, cfg.schedule, self._phase_peaks(), self.net.phases,
@@ -400,6 +423,8 @@ class FineTune:
                                   t.clip_grad_norm, self.speed.channels_last, self.mixer, self.forward)  # fmt: skip
                 state.step_in_epoch += 1
                 state.global_step += 1
+                if "first_update" not in self.spent:
+                    self.spent["first_update"] = time.perf_counter() - started
                 loss_sum += loss
                 loss_n += 1
                 if not acc.sync_gradients:
@@ -421,8 +446,10 @@ class FineTune:
                     state.loss_sum, state.loss_n = loss_sum.item(), loss_n
                     return self._interrupt(metrics)
             epoch_time = time.perf_counter() - started
+            self.spent["train"] += epoch_time
             train_loss = (loss_sum / max(loss_n, 1)).item()
-            metrics = self._validate()
+            with self.timed("validate"):
+                metrics = self._validate()
             state.epoch += 1
             state.step_in_epoch, state.loss_sum, state.loss_n, state.metrics = 0, 0.0, 0, metrics
             is_best = metrics["val_top1"] > state.best_metric
@@ -435,7 +462,8 @@ class FineTune:
                      + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if self.ema is not None else "")
                      + f" ({epoch_time:.1f}s)")  # fmt: skip
             if self.main:
-                self._export(is_best, size, metrics)
+                with self.timed("export"):
+                    self._export(is_best, size, metrics)
             if self._epoch_checkpoint_due():
                 self._save()
             self.progress.end_epoch(state.epoch, state.best_metric, state.best_epoch, metrics)
@@ -457,8 +485,9 @@ class FineTune:
             self.wandb.log(record, step=record["step"])
 
     def _save(self) -> None:
-        ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, self.cfg.train.keep_checkpoints, self.module,
-                             self.optimizer, self.schedule, self.ema)  # fmt: skip
+        with self.timed("checkpoint"):
+            ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, self.cfg.train.keep_checkpoints,
+                                 self.module, self.optimizer, self.schedule, self.ema)  # fmt: skip
         self.last_save = time.perf_counter()
 
     def _epoch_checkpoint_due(self) -> bool:
@@ -525,7 +554,8 @@ class FineTune:
 
     def _finish(self, status: str, metrics: dict[str, float]) -> dict[str, Any]:
         self.logger.close()
-        result = {**_result(status, self.run_dir, self.state, metrics), "weights_digest": weights_digest(self.module)}
+        result = {**_result(status, self.run_dir, self.state, metrics), "weights_digest": weights_digest(self.module),
+                  "time_s": self.time_spent()}  # fmt: skip
         if self.main:
             write_json_atomic(self.run_dir / "result.json", result)
         if self.wandb is not None:
@@ -561,7 +591,8 @@ class FineTune:
         lf, run_dir, stem = self.cfg.lr_find, self.run_dir, self._lr_find_stem(phase)
         if self.plan.resuming and (chosen := self._chosen_lr(phase)) is not None:
             return chosen
-        result = self.range_test(phase)
+        with self.timed("lr_find"):
+            result = self.range_test(phase)
         chosen = lr_finder.choose(result, lf.suggestion)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)

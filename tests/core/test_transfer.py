@@ -367,6 +367,10 @@ def test_short_run_skips_mid_run_checkpoints_and_still_resumes_exactly(lfw, tmp_
     cfg = config.load("base", over)
     full = engine.fit(cfg, tmp_path / "full")
     assert [p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*")] == ["step_00000015"]  # the last only
+    spent = full["time_s"]  # where the run's time went, process start included
+    parts = ("start", "build", "train", "validate", "export", "checkpoint")
+    assert set(parts) | {"first_update", "total"} <= spent.keys() and all(v >= 0 for v in spent.values())
+    assert spent["first_update"] <= spent["train"] and sum(spent[k] for k in parts) <= spent["total"] + 0.05
     calls = {"n": 0}
 
     def stop() -> bool:
