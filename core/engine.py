@@ -219,7 +219,8 @@ def build_optimizer(net: Network, o: Any, peak: float | None, spread: float) -> 
                             o.layer_decay, o.no_decay_norm_bias)  # fmt: skip
 
 
-def build_schedule(optimizer, s: Any, peaks: list[float | None], phases: list[Phase], updates_per_epoch: int) -> PhasedSchedule:
+def build_schedule(optimizer, s: Any, peaks: list[float | None], phases: list[Phase],
+                   updates_per_epoch: int) -> PhasedSchedule:  # fmt: skip
     return PhasedSchedule(optimizer, s.name, peaks, [p.epochs * updates_per_epoch for p in phases], updates_per_epoch,
                           s.warmup_epochs, s.pct_start, s.min_lr)  # fmt: skip
 
@@ -596,9 +597,9 @@ class FineTune:
         chosen = lr_finder.choose(result, lf.suggestion)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            title = f"LR range test, phase {phase + 1} ({self.net.phases[phase].first_trainable_stage}.."
-            lr_finder.save(result, run_dir, mark=lf.suggestion, stem=stem,
-                           title=title + f"{len(self.net.stages) - 1} of 0..{len(self.net.stages) - 1} train)")  # fmt: skip
+            stages = f"{self.net.phases[phase].first_trainable_stage}..{len(self.net.stages) - 1}"
+            title = f"LR range test, phase {phase + 1} (stages {stages} train)"
+            lr_finder.save(result, run_dir, mark=lf.suggestion, stem=stem, title=title)
             data = json.loads((run_dir / f"{stem}.json").read_text())
             write_json_atomic(run_dir / f"{stem}.json", {**data, "phase": phase + 1, "chosen": chosen})
         self.say(f"ftl: optim.lr=auto -> phase {phase + 1}: {lf.suggestion} {chosen:.2e} (plot: {run_dir / stem}.png)")

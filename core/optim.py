@@ -133,7 +133,8 @@ class PhasedSchedule:
     through `set_peak` before its first update."""
 
     def __init__(self, optimizer, name: str, peaks: float | list[float | None], phase_updates: list[int],
-                 updates_per_epoch: int, warmup_epochs: float = 0.0, pct_start: float = 0.25, min_lr: float = 1e-6):  # fmt: skip
+                 updates_per_epoch: int, warmup_epochs: float = 0.0, pct_start: float = 0.25,
+                 min_lr: float = 1e-6):  # fmt: skip
         self.optimizer = optimizer
         self.peaks = list(peaks) if isinstance(peaks, list) else [peaks] * len(phase_updates)
         self.phase_updates = phase_updates
