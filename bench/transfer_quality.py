@@ -81,9 +81,9 @@ def run_ftl(recipe: str, overrides: list[str], run_dir: Path) -> dict:
         raise SystemExit(f"ftl failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
     result = json.loads((run_dir / "result.json").read_text())
     out = {"top1": result["val_top1"], "wall_s": wall}
-    lr_find = run_dir / "lr_find.json"
-    if lr_find.is_file():
-        out["lr"] = json.loads(lr_find.read_text())["chosen"]
+    chosen = [json.loads(f.read_text())["chosen"] for f in sorted(run_dir.glob("lr_find*.json"))]
+    if chosen:  # optim.lr=auto: the first phase's LR, then each later phase's
+        out["lr"] = chosen
     out["time_s"] = result.get("time_s", {})
     if "val_recall@1" in result:
         out["recall@1"] = result["val_recall@1"]
@@ -161,7 +161,7 @@ def main() -> None:
                                                    f"model.pretrained={BACKBONES[backbone]}", f"train.seed={seed}"],
                                           where)  # fmt: skip
                         rows.append({"task": task, "backbone": backbone, "config": name, "seed": seed, **res})
-                        lr = f" (lr {res['lr']:.2e})" if "lr" in res else ""
+                        lr = f" (lr {' then '.join(f'{x:.2e}' for x in res['lr'])})" if "lr" in res else ""
                         recall = f" recall@1 {res['recall@1']:.4f}" if "recall@1" in res else ""
                         print(f"RESULT {task} {backbone} {name} seed {seed}: top1 {res['top1']:.4f}{recall} in "
                               f"{res['wall_s']:.1f}s{lr}", flush=True)  # fmt: skip
