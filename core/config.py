@@ -134,6 +134,7 @@ class TrainConfig:
     ema: bool = False  # keep an EMA of the weights (timm ModelEmaV3) and validate it too
     ema_decay: float = 0.998  # the decay it reaches; with ema_warmup the decay grows with the updates up to it
     ema_warmup: bool = True  # decay = min(ema_decay, 1 - (1 + updates)^-2/3): short runs average what they trained
+    precise_bn: int = 0  # > 0: BatchNorm statistics recomputed over up to this many train batches before validating
     deterministic: bool = False  # torch deterministic algorithms; needed for bit-exact resume
     checkpoint_every_steps: int = 0  # 0: checkpoint at the end of every epoch only
     checkpoint_min_interval_s: float = 0.0  # > 0: skip end-of-epoch checkpoints until this long after the last one

@@ -38,7 +38,7 @@ from core.errors import FtlError
 from core.fileio import write_json_atomic
 from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
 from core.losses import FeatureTap, build_objective, head_module, recall_at_k
-from core.models import build_model, count_params, data_config, freeze, set_frozen_bn_eval
+from core.models import build_model, count_params, data_config, freeze, recompute_bn_stats, set_frozen_bn_eval
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
 from core.progress import RunProgress
 from core.run_dir import plan_run
@@ -449,6 +449,10 @@ class FineTune:
             epoch_time = time.perf_counter() - started
             self.spent["train"] += epoch_time
             train_loss = (loss_sum / max(loss_n, 1)).item()
+            if t.precise_bn:  # BN statistics of the weights as they are now, from this epoch's own batches
+                with self.timed("precise_bn"):
+                    self.train_loader.set_epoch(state.epoch)
+                    recompute_bn_stats(acc, self.module, self.train_loader, t.precise_bn, self._prepare_batch)
             with self.timed("validate"):
                 metrics = self._validate()
             state.epoch += 1
@@ -615,12 +619,6 @@ class FineTune:
         phase = phase_at(self.net.phases, 0) if phase is None else phase
         apply_phase(self.module, self.net.stages, self.net.phases[phase], self.net.always_frozen, cfg.finetune.train_bn)
         needed = lf.num_steps * t.grad_accum_steps
-        device, channels_last = acc.device, self.speed.channels_last
-
-        def prepare(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            return (images.contiguous(memory_format=torch.channels_last) if channels_last else images), targets
-
         if self.data.backend == "torch":
             from core.data.datasets import range_test_loader
 
@@ -631,9 +629,15 @@ class FineTune:
         try:
             return lr_finder.lr_range_test(acc, self.model, self.optimizer, batches, self.loss_fn, lf.start_lr,
                                            lf.end_lr, lf.num_steps, forward=self.forward, accum_steps=t.grad_accum_steps,
-                                           prepare=prepare)  # fmt: skip
+                                           prepare=self._prepare_batch)  # fmt: skip
         finally:
             self.train_loader.set_epoch(0)
+
+    def _prepare_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch from a loader that may not place it (the range test's): on the device, channels_last if set."""
+        device = self.accelerator.device
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        return (images.contiguous(memory_format=torch.channels_last) if self.speed.channels_last else images), targets
 
     def _announce(self) -> None:
         acc, state, t, plan = self.accelerator, self.state, self.cfg.train, self.plan

@@ -263,6 +263,55 @@ def test_ema_validates_close_to_the_live_weights_on_a_short_run(lfw, tmp_path):
     assert result["val_ema_top1"] >= result["val_top1"] - 0.1
 
 
+# ---------------------------------------------------------------- precise BatchNorm on a short run
+
+
+def test_precise_bn_recomputes_training_layers_only_and_leaves_the_rng():
+    """Running statistics become the plain average over the batches (what the weights give now), a layer a frozen
+    stage holds in eval mode keeps its own, momentum comes back, and the global RNG is untouched."""
+    from accelerate import Accelerator
+
+    from core.models import recompute_bn_stats
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4))
+    model.train()
+    model[2].eval()  # as set_frozen_bn_eval leaves a frozen stage's BN
+    frozen = model[2].running_mean.clone()
+    batches = [(torch.randn(8, 3, 5, 5) * (i + 1), torch.zeros(8)) for i in range(3)]
+    state = torch.get_rng_state()
+    n = recompute_bn_stats(Accelerator(cpu=True), model, batches, 2, lambda x, y: (x, y))
+    assert n == 2 and torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in batches[:2]]
+    expected = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
+    assert torch.equal(model[2].running_mean, frozen) and model[1].momentum == 0.1
+
+
+def test_precise_bn_run_resumes_exactly(lfw, tmp_path):
+    """BN statistics recomputed before each validation (from the epoch's own batches): a run stopped mid-epoch
+    resumes to the same weights and buffers, and the statistics differ from the ones training left."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import stop_after
+
+    over = lfw_overrides(lfw, **{"train.precise_bn": 3, "data.batch_size": 8, "train.epochs": 2,
+                                 "data.image_size": 32, "train.deterministic": "true"})  # fmt: skip
+    full = engine.fit(config.load("fine_tune", over), tmp_path / "full")
+    assert full["time_s"]["precise_bn"] > 0
+    part = engine.fit(config.load("fine_tune", over), tmp_path / "part", should_stop=stop_after(7))
+    assert part["status"] == "interrupted"
+    resumed = engine.fit(config.load("fine_tune", [*over, f"resume={tmp_path / 'part'}"]))
+    assert resumed["val_top1"] == full["val_top1"] and resumed["val_loss"] == full["val_loss"]
+    a = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "export" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = engine.fit(config.load("fine_tune", [*over, "train.precise_bn=0"]), tmp_path / "plain")
+    c = load_file(str(tmp_path / "plain" / "export" / "last.safetensors"))
+    assert not torch.equal(a["bn2.running_var"], c["bn2.running_var"]) and plain["status"] == "completed"
+
+
 # ---------------------------------------------------------------- metric learning
 
 
