@@ -102,14 +102,14 @@ def run_fastai(site: str, data: Path, arch: str, pretrained: str, seed: int, bs:
     return {"top1": json.loads(out.read_text())["top1"], "wall_s": wall}
 
 
-PARTS = ("start", "build", "lr_find", "first_update", "train", "validate", "export", "checkpoint")
+PARTS = ("start", "build", "lr_find", "first_update", "train", "precise_bn", "validate", "export", "checkpoint")
 
 
 def print_time_breakdown(rows: list[dict], tasks: list[str], backbones: list[str]) -> None:
     """Where a short ftl run's wall time goes (result.json's time_s, mean over seeds): process start to the run
     (interpreter, imports, config), build (data, model, loaders, image cache), the epochs' training (first_update:
-    the first epoch's loader start and first step, inside train), validation, exports, checkpoints; exit: the
-    wall time after the run (interpreter shutdown)."""
+    the first epoch's loader start and first step, inside train), precise BN, validation, exports, checkpoints;
+    exit: the wall time after the run (interpreter shutdown)."""
     print("\n| task | backbone | wall s | " + " | ".join(PARTS) + " | exit |")
     print("| --- " * (len(PARTS) + 4) + "|")
     for task in tasks:

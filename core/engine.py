@@ -316,7 +316,7 @@ class FineTune:
     def time_spent(self) -> dict[str, float]:
         """Where this process's time went: start (interpreter, imports, config: from process start to the run),
         build (data, model, loaders, image cache), lr_find, train (of which first_update: the first epoch's
-        loader start and first step), validate, export, checkpoint; total from process start."""
+        loader start and first step), precise_bn, validate, export, checkpoint; total from process start."""
         import psutil
 
         total = time.time() - psutil.Process().create_time()
