@@ -598,15 +598,19 @@ class FineTune:
             return chosen
         with self.timed("lr_find"):
             result = self.range_test(phase)
-        chosen = lr_finder.choose(result, lf.suggestion)
+        # a later phase whose loss only rises (a model that already fits its data) keeps the LR of the phase before
+        before = self.schedule.peaks[phase_at(self.net.phases, 0) : phase] if phase else []
+        kept = next((p for p in reversed(before) if p is not None), None)
+        chosen = lr_finder.choose(result, lf.suggestion, fallback=kept)
+        how = lf.suggestion if lf.suggestion in result.suggestions else "no suggestion (loss rose from the start): kept"
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             stages = f"{self.net.phases[phase].first_trainable_stage}..{len(self.net.stages) - 1}"
             title = f"LR range test, phase {phase + 1} (stages {stages} train)"
             lr_finder.save(result, run_dir, mark=lf.suggestion, stem=stem, title=title)
             data = json.loads((run_dir / f"{stem}.json").read_text())
-            write_json_atomic(run_dir / f"{stem}.json", {**data, "phase": phase + 1, "chosen": chosen})
-        self.say(f"ftl: optim.lr=auto -> phase {phase + 1}: {lf.suggestion} {chosen:.2e} (plot: {run_dir / stem}.png)")
+            write_json_atomic(run_dir / f"{stem}.json", {**data, "phase": phase + 1, "chosen": chosen, "how": how})
+        self.say(f"ftl: optim.lr=auto -> phase {phase + 1}: {how} {chosen:.2e} (plot: {run_dir / stem}.png)")
         return chosen
 
     def range_test(self, phase: int | None = None) -> lr_finder.LRFindResult:

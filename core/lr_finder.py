@@ -140,9 +140,12 @@ def _cycle(loader: Iterable) -> Iterator:
         yield from loader
 
 
-def choose(result: LRFindResult, which: str = "valley") -> float:
-    """The suggested LR, or an FtlError when the curve gives none."""
+def choose(result: LRFindResult, which: str = "valley", fallback: float | None = None) -> float:
+    """The suggested LR; when the curve gives none, `fallback` if given, else an FtlError. (A later phase's test on
+    a model that already fits its data can see the loss rise from the first points: nothing before divergence.)"""
     if which not in result.suggestions:
+        if fallback is not None:
+            return fallback
         raise FtlError(
             f"optim.lr=auto: the LR finder {'diverged' if result.diverged else 'stopped'} after "
             f"{len(result.lrs)} steps and gives no '{which}' suggestion; set optim.lr to a number "
@@ -172,7 +175,8 @@ def save(result: LRFindResult, out_dir: Path, mark: str = "valley", stem: str = 
     for name, lr in result.suggestions.items():
         y = result.losses[min(range(len(result.lrs)), key=lambda i: abs(result.lrs[i] - lr))]
         ax.plot([lr], [y], "o" if name == mark else "x", label=f"{name}: {lr:.2e}", markersize=8 if name == mark else 6)
-    ax.legend()
+    if result.suggestions:
+        ax.legend()
     ax.set_title(title + (" (stopped on divergence)" if result.diverged else ""))
     fig.tight_layout()
     write_atomic(png_path, lambda p: fig.savefig(p, format="png", dpi=100))

@@ -192,6 +192,21 @@ def test_suggestions_come_only_from_before_divergence_and_the_plot_clips():
     assert low < 1.0 and 2.0 < top < 2.5 < max(losses)  # the divergent tail (up to 11.2) is clipped off
 
 
+def test_a_curve_that_only_rises_gives_no_suggestion_and_a_later_phase_keeps_the_lr_before():
+    """A later phase's range test on a model that already fits its data can see the loss rise from the first
+    point: no suggestion; `choose` then keeps the fallback (the engine passes the phase before's LR) and without
+    one (the first phase) it fails with a line naming the fix."""
+    from core.errors import FtlError
+    from core.lr_finder import LRFindResult, choose, suggest
+
+    lrs, losses = [1e-7 * 14**i for i in range(6)], [0.45, 0.47, 0.5, 0.55, 0.62, 0.74]
+    rising = LRFindResult(lrs, losses, diverged=True, suggestions=suggest(lrs, losses))
+    assert rising.suggestions == {}
+    assert choose(rising, "minimum", fallback=2e-3) == 2e-3
+    with pytest.raises(FtlError, match="no 'minimum' suggestion; set optim.lr to a number"):
+        choose(rising, "minimum")
+
+
 @pytest.mark.slow
 def test_lr_find_command_and_auto_agree(lfw, tmp_path):
     from core import lr_finder
