@@ -571,14 +571,16 @@ class FineTune:
     # ------------------------------------------------------------ setup helpers
 
     def _phase_peaks(self) -> list[float | None]:
-        """Each phase's peak LR. optim.lr=auto: the first phase's from the LR finder now; with lr_find.each_phase
-        a later phase's when it starts (None until then), in the state it trains: a head-only range test says
-        nothing of what the unfrozen body tolerates. A resumed run reuses the LRs it chose."""
+        """Each phase's peak LR. A fixed LR: the first phase's, later ones x finetune.unfrozen_lr_scale (as is
+        the LR finder's with lr_find.each_phase false). optim.lr=auto: the first phase's from the LR finder now;
+        with lr_find.each_phase a later phase's when it starts (None until then), in the state it trains: a
+        head-only range test says nothing of what the unfrozen body tolerates. A resumed run reuses the LRs it
+        chose."""
         phases, first = self.net.phases, phase_at(self.net.phases, 0)
-        if self.peak is not None:
-            return [self.peak] * len(phases)
-        if not self.cfg.lr_find.each_phase:
-            return [self._auto_lr(first)] * len(phases)
+        scale = self.cfg.finetune.unfrozen_lr_scale  # a fixed LR's later phases: lr x scale
+        if self.peak is not None or not self.cfg.lr_find.each_phase:
+            peak = self.peak if self.peak is not None else self._auto_lr(first)
+            return [peak * (1.0 if i <= first else scale) for i in range(len(phases))]
         peaks = [self._chosen_lr(i) if self.plan.resuming else None for i in range(len(phases))]
         peaks[first] = peaks[first] or self._auto_lr(first)
         return peaks
