@@ -601,7 +601,8 @@ class FineTune:
         with self.timed("lr_find"):
             result = self.range_test(phase)
         # a later phase whose loss only rises (a model that already fits its data) keeps the LR of the phase before
-        before = self.schedule.peaks[phase_at(self.net.phases, 0) : phase] if phase else []
+        first = phase_at(self.net.phases, 0)  # its test runs before the schedule exists
+        before = self.schedule.peaks[first:phase] if phase > first else []
         kept = next((p for p in reversed(before) if p is not None), None)
         chosen = lr_finder.choose(result, lf.suggestion, fallback=kept)
         how = lf.suggestion if lf.suggestion in result.suggestions else "no suggestion (loss rose from the start): kept"

@@ -264,6 +264,20 @@ def test_auto_with_one_test_for_every_phase(lfw, tmp_path):
     assert 0.9 * chosen <= max(x for x in lrs[5:] if x) <= chosen * 1.0001
 
 
+def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
+    """finetune.unfrozen_lr_scale (fastai's fine_tune halves its LR as it unfreezes): the head-only phase peaks
+    at optim.lr, the unfrozen phase at lr x scale; a value <= 0 is one line naming the key."""
+    over = lfw_overrides(lfw, **{"optim.lr": 2e-3, "finetune.unfrozen_lr_scale": 0.5, "data.batch_size": 8,
+                                 "train.epochs": 2, "data.image_size": 32})  # fmt: skip
+    engine.fit(config.load("fine_tune", over), tmp_path / "r")
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]  # the head group's LR after each of the 5 + 5 updates
+    assert len(lrs) == 10
+    assert 0.9 * 2e-3 <= max(lrs[:5]) <= 2e-3 * 1.0001 and 0.9 * 1e-3 <= max(lrs[5:]) <= 1e-3 * 1.0001
+    with pytest.raises(FtlError, match="finetune.unfrozen_lr_scale"):
+        config.load("fine_tune", [*over, "finetune.unfrozen_lr_scale=0"])
+
+
 # ---------------------------------------------------------------- EMA on a short run
 
 
