@@ -5,6 +5,7 @@ exact training-loss logs after a resume, and checkpoints that hold no pickles.""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,14 +65,25 @@ def test_half_written_latest_checkpoint_is_ignored(lfw, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+DAMAGED_EXTRA = {"train.checkpoint_every_steps": 1, "train.keep_checkpoints": 3, "train.ema": "true",
+                 "train.deterministic": "true"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stopped_run_and_twin(lfw, tmp_path_factory):
+    """One run stopped after 4 updates (checkpoints 2..4 kept) and its uninterrupted twin's result, shared by
+    every damaged-file case (each damages its own copy)."""
+    where = tmp_path_factory.mktemp("damaged")
+    cfg = config.load("base", over(lfw, **DAMAGED_EXTRA))
+    engine.fit(cfg, where / "run", should_stop=stop_after(4))
+    return where / "run", engine.fit(cfg, where / "twin")
+
+
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "extra.pt", "rng_0.pt", "ema.safetensors",
                                      "trainer.json"])  # fmt: skip
-def test_damaged_checkpoint_file_is_named_and_the_previous_one_offered(lfw, tmp_path, damaged):
-    run = tmp_path / "run"
-    extra = {"train.checkpoint_every_steps": 1, "train.keep_checkpoints": 3, "train.ema": "true",
-             "train.deterministic": "true"}  # fmt: skip
-    cfg = config.load("base", over(lfw, **extra))
-    engine.fit(cfg, run, should_stop=stop_after(4))
+def test_damaged_checkpoint_file_is_named_and_the_previous_one_offered(lfw, tmp_path, damaged, stopped_run_and_twin):
+    stopped, twin = stopped_run_and_twin
+    run = Path(shutil.copytree(stopped, tmp_path / "run"))
     path = run / "checkpoints" / "step_00000004" / damaged
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: the size is right, the content is not
@@ -88,9 +100,10 @@ def test_damaged_checkpoint_file_is_named_and_the_previous_one_offered(lfw, tmp_
     assert ((run / "config.yaml").stat().st_mtime_ns, (run / "config.yaml").read_bytes()) == config_before
     assert (run / "metrics.jsonl").read_bytes() == metrics_before
     # the offered checkpoint resumes exactly, and the damaged one is set aside
+    extra = DAMAGED_EXTRA
     resumed = engine.fit(config.load("base", [*over(lfw, **extra), f"resume={run / 'checkpoints' / 'step_00000003'}"]))
-    twin = engine.fit(cfg, tmp_path / "twin")
     assert resumed["val_top1"] == twin["val_top1"] and resumed["global_step"] == twin["global_step"]
+    assert resumed["weights_digest"] == twin["weights_digest"]
     assert (run / "checkpoints" / "set_aside_step_00000004").is_dir()
     assert engine.fit(config.load("base", [*over(lfw, **extra), f"resume={run}"]))["status"] == "completed"
 
