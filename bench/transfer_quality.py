@@ -61,7 +61,7 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     # metric learning against cross-entropy (the garments task): retrieval recall@k of what each model embeds
     "ce": ("fine_tune", ["loss.recall_at=[1,5]"]),
     "triplet": ("fine_tune", ["loss.name=triplet", "loss.miner=batch_hard", "loss.ce_weight=1",
-                              "model.embedding_dim=128", "data.samples_per_class=8", "loss.recall_at=[1,5]"]),
+                              "model.embedding_dim=128", "data.samples_per_class=16", "loss.recall_at=[1,5]"]),
     "arcface": ("fine_tune", ["loss.name=arcface", "model.embedding_dim=128", "loss.recall_at=[1,5]"]),
 }
 REFERENCES = ("full", "fastai")
