@@ -13,8 +13,8 @@ for everyone. Configs:
     fastai  vision_learner(...).fine_tune(5) with the same offline backbone (reference; needs --fastai-site)
     crop / squash / pad   ftl's default with that data.resize (how the default was chosen)
     ce / triplet / arcface   ftl's default with cross-entropy, triplet (batch-hard mining, + cross-entropy, class-
-            balanced batches) or ArcFace on a 128-d embedding head; val recall@1 of the embeddings next to top-1
-            (run them on the fine-grained garments task: --tasks garments)
+            balanced batches) or ArcFace (+ cross-entropy) on a 128-d embedding head; val recall@1 of the
+            embeddings next to top-1 (run them on the fine-grained garments task: --tasks garments)
 
 Per task and backbone: top-1 (mean of seeds), wall s, gap = ftl - best reference (points), wall ratio. The last
 line is `worst_gap_points: X` (the most negative gap; >= 0 means ftl matched or beat the best reference
@@ -62,7 +62,8 @@ CONFIGS: dict[str, tuple[str, list[str]]] = {
     "ce": ("fine_tune", ["loss.recall_at=[1,5]"]),
     "triplet": ("fine_tune", ["loss.name=triplet", "loss.miner=batch_hard", "loss.ce_weight=1",
                               "model.embedding_dim=128", "data.samples_per_class=16", "loss.recall_at=[1,5]"]),
-    "arcface": ("fine_tune", ["loss.name=arcface", "model.embedding_dim=128", "loss.recall_at=[1,5]"]),
+    "arcface": ("fine_tune", ["loss.name=arcface", "loss.ce_weight=1", "model.embedding_dim=128",
+                              "loss.recall_at=[1,5]"]),
 }
 REFERENCES = ("full", "fastai")
 

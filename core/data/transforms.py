@@ -25,7 +25,7 @@ from core.config import AugmentConfig
 from core.errors import FtlError
 
 RESIZE_MODES = ("crop", "squash", "pad")
-# timm's crop_mode names; auto: squash, the best across bench/transfer_quality.py's tasks (docs/benchmarks.md)
+# timm's crop_mode names; auto: squash (docs/benchmarks.md: +6 to +9 points over crop on non-square cards)
 RESIZE_ALIASES = {"center": "crop", "border": "pad", "auto": "squash"}
 
 
