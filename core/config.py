@@ -114,7 +114,7 @@ class FinetuneConfig:
     freeze_epochs: int = 1  # freeze-then-unfreeze: epochs with only the head training
     unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage (from the head down)
     train_bn: bool = True  # BatchNorm in frozen stages keeps training (fastai); false: frozen with its statistics
-    unfrozen_lr_scale: float = 1.0  # phases after the first peak at lr x this (fastai's fine_tune: 0.5); not with auto
+    unfrozen_lr_scale: float = 1.0  # later phases peak at lr x this (fastai: 0.5); auto: with each_phase false
 
 
 @dataclass

@@ -449,10 +449,32 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def exit_quickly(code: int) -> None:
+    """Leave without the interpreter's teardown: unloading torch takes ~1.5 s after a run (measured on a 2-core VM:
+    1.62 s -> 0.10 s from the end of `ftl train` to the process's exit), a tenth of a small trial's wall time.
+    atexit handlers (logging, multiprocessing, W&B) still run and the streams are flushed first; with a live
+    non-daemon thread or child process it returns and the exit is the normal one."""
+    import atexit
+    import multiprocessing
+    import threading
+
+    main_thread = threading.main_thread()
+    if multiprocessing.active_children() or any(t.is_alive() and not t.daemon and t is not main_thread
+                                                for t in threading.enumerate()):  # fmt: skip
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     try:
-        return args.func(args)
+        code = args.func(args)
+        if argv is None and args.verb == "train":  # the `ftl` process itself (not a caller's main(argv))
+            exit_quickly(code)
+        return code
     except KeyboardInterrupt:
         if args.debug:
             raise
