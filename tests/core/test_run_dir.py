@@ -100,12 +100,12 @@ def test_damaged_checkpoint_file_is_named_and_the_previous_one_offered(lfw, tmp_
     assert ((run / "config.yaml").stat().st_mtime_ns, (run / "config.yaml").read_bytes()) == config_before
     assert (run / "metrics.jsonl").read_bytes() == metrics_before
     # the offered checkpoint resumes exactly, and the damaged one is set aside
-    extra = DAMAGED_EXTRA
-    resumed = engine.fit(config.load("base", [*over(lfw, **extra), f"resume={run / 'checkpoints' / 'step_00000003'}"]))
+    offered = f"resume={run / 'checkpoints' / 'step_00000003'}"
+    resumed = engine.fit(config.load("base", [*over(lfw, **DAMAGED_EXTRA), offered]))
     assert resumed["val_top1"] == twin["val_top1"] and resumed["global_step"] == twin["global_step"]
     assert resumed["weights_digest"] == twin["weights_digest"]
     assert (run / "checkpoints" / "set_aside_step_00000004").is_dir()
-    assert engine.fit(config.load("base", [*over(lfw, **extra), f"resume={run}"]))["status"] == "completed"
+    assert engine.fit(config.load("base", [*over(lfw, **DAMAGED_EXTRA), f"resume={run}"]))["status"] == "completed"
 
 
 def test_resume_takes_the_runs_config_and_refuses_changes_that_make_another_run(lfw, tmp_path):
