@@ -186,6 +186,10 @@ def cross_problems(cfg: dict[str, Any]) -> list[str]:
                    "the LR over the layers: use one")  # fmt: skip
     if isinstance(o.get("lr"), list) and o.get("lr_spread", 1) != 1:
         out.append("optim.lr: [low, high] already sets the spread; drop optim.lr_spread")
+    scale = f.get("unfrozen_lr_scale", 1.0)
+    if o.get("lr") == "auto" and lf.get("each_phase", True) and _number(scale) and scale != 1:
+        out.append(f"finetune.unfrozen_lr_scale={scale} has no effect with optim.lr=auto (each phase finds its own LR):"
+                   " drop it or set lr_find.each_phase=false")  # fmt: skip
     if _number(lf.get("start_lr")) and _number(lf.get("end_lr")) and lf["start_lr"] >= lf["end_lr"]:
         out.append(f"lr_find.start_lr={lf['start_lr']} must be below lr_find.end_lr={lf['end_lr']}")
     if f.get("strategy") == "freeze-then-unfreeze" and _number(epochs) and _number(f.get("freeze_epochs")):

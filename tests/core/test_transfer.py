@@ -276,6 +276,10 @@ def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
     assert 0.9 * 2e-3 <= max(lrs[:5]) <= 2e-3 * 1.0001 and 0.9 * 1e-3 <= max(lrs[5:]) <= 1e-3 * 1.0001
     with pytest.raises(FtlError, match="finetune.unfrozen_lr_scale"):
         config.load("fine_tune", [*over, "finetune.unfrozen_lr_scale=0"])
+    # auto finds each phase's LR: a scale would be silently ignored, so it is refused (with each_phase=false it applies)
+    with pytest.raises(FtlError, match=r"unfrozen_lr_scale=0.5 has no effect with optim.lr=auto"):
+        config.load("fine_tune", [*over, "optim.lr=auto"])
+    assert config.load("fine_tune", [*over, "optim.lr=auto", "lr_find.each_phase=false"])
 
 
 # ---------------------------------------------------------------- EMA on a short run
