@@ -9,16 +9,20 @@
         trainer.json         written last: epoch / step counters, the running loss, the last metrics, and the size
                              and blake2b of every file above. A checkpoint without it is half-written.
 
-The checkpoint is assembled in `.tmp_step_*` and renamed into place, so a kill leaves either the whole checkpoint
-or an ignorable temporary dir. Nothing is unpickled on resume: a run dir someone else can write cannot run code.
+The checkpoint is assembled in `.tmp_step_*`, fsynced and renamed into place (a checkpoint it replaces is moved
+aside first, deleted after), so a kill leaves either the whole checkpoint or an ignorable temporary dir. Nothing
+is unpickled on resume: a run dir someone else can write cannot run code.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import FtlError
+from core.faults import fault_point
 from core.fileio import write_atomic, write_json_atomic
 
 CHECKPOINT_FORMAT = 2
@@ -80,35 +86,77 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def save_checkpoint(accelerator, run_dir: Path, state: TrainerState, keep: int, model, optimizer, schedule,
-                    ema=None) -> Path:  # fmt: skip
-    """Save the full training state; every rank takes part (each writes its RNG). Returns the checkpoint dir."""
+                    ema=None, guard: Callable[[], None] = lambda: None) -> Path:  # fmt: skip
+    """Save the full training state; every rank takes part (each writes its RNG). Returns the checkpoint dir.
+
+    The files are written and fsynced in `.tmp_step_N`, guard() is called (the run dir's lease: a fenced process
+    stops here, having written nothing visible), then the dir is renamed into place - a checkpoint of the same step
+    is moved aside first and deleted only after - and only then are old checkpoints pruned. A full disk is one line
+    naming the path and the free space; the checkpoints before stay intact."""
     root = run_dir / "checkpoints"
     final, tmp = root / f"step_{state.global_step:08d}", root / f".tmp_step_{state.global_step:08d}"
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            _save_tensors(model.state_dict(), tmp / "model.safetensors")
+            if ema is not None:
+                _save_tensors(ema.module.state_dict(), tmp / "ema.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            scaler = getattr(accelerator, "scaler", None)
+            torch.save({"schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None},
+                       tmp / "extra.pt")  # fmt: skip
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            fault_point("checkpoint-files")
+            files = {p.name: {"bytes": p.stat().st_size, "blake2b": _digest(p)} for p in sorted(tmp.iterdir())}
+            write_json_atomic(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "world_size": accelerator.num_processes,
+                                                     "state": asdict(state), "files": files})  # fmt: skip
+            _sync(tmp)
+    except OSError as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            kept = sorted(p.name for p in root.glob("step_*"))
+            raise FtlError(f"no space left on the device of {root} ({shutil.disk_usage(root).free / 2**20:.0f} MiB "
+                           f"free) while saving step {state.global_step}: the checkpoints before it are intact "
+                           f"({', '.join(kept) or 'none yet'}); free some space and resume") from None  # fmt: skip
+        raise
+    guard()
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        _save_tensors(model.state_dict(), tmp / "model.safetensors")
-        if ema is not None:
-            _save_tensors(ema.module.state_dict(), tmp / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        scaler = getattr(accelerator, "scaler", None)
-        torch.save({"schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None},
-                   tmp / "extra.pt")  # fmt: skip
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = {p.name: {"bytes": p.stat().st_size, "blake2b": _digest(p)} for p in sorted(tmp.iterdir())}
-        write_json_atomic(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "world_size": accelerator.num_processes,
-                                                 "state": asdict(state), "files": files})  # fmt: skip
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        _replace_dir(tmp, final)
+        for newer in (p for p in root.glob("step_*") if p.name > final.name):
+            newer.rename(newer.with_name(f"set_aside_{newer.name}"))  # a fenced writer's, after we resumed
         old = sorted(p for p in root.glob("step_*") if p != final)
         for path in old[: max(0, len(old) - (keep - 1))]:
             shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename tmp onto final; an existing final (the same step saved again) is moved aside first and deleted
+    only once the new one is in place, so a kill at any instant leaves one complete checkpoint of that step."""
+    aside = final.with_name(f".old_{final.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    if final.exists():
+        final.rename(aside)
+        fault_point("checkpoint-moved-aside")
+    tmp.rename(final)
+    _sync(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sync(folder: Path) -> None:
+    """fsync a directory: the files (and renames) in it are on disk, not only in the page cache."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:

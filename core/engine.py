@@ -37,6 +37,8 @@ from core.data.transforms import augment_config, batch_mixer, eval_transform, re
 from core.errors import FtlError
 from core.fileio import write_json_atomic
 from core.finetune import Phase, apply_phase, phase_at, plan_phases, stage_groups
+from core.lease import Lease, LeaseLost
+from core.lease import take as take_lease
 from core.losses import FeatureTap, build_objective, head_module, recall_at_k
 from core.models import build_model, count_params, data_config, freeze, recompute_bn_stats, set_frozen_bn_eval
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
@@ -274,17 +276,19 @@ def set_aside(checkpoints: list[Path]) -> None:
 
 
 def fit(cfg: DictConfig, run_dir: str | Path | None = None, should_stop: Callable[[], bool] | None = None,
-        on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None) -> dict[str, Any]:  # fmt: skip
+        on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None, lease: Lease | None = None) -> dict[str, Any]:  # fmt: skip
     """Train cfg to the end; returns the run's result. should_stop() is polled at updates: when true, a checkpoint
     is saved and the run returns 'interrupted' (resume continues it). on_epoch_end(epoch, metrics) is called on the
-    main process after each validation: when it returns true the run ends 'pruned' (early stopping)."""
+    main process after each validation: when it returns true the run ends 'pruned' (early stopping). `lease` is the
+    run dir's (core/lease.py) when the caller took it; otherwise fit takes one once every check has passed, and
+    checks it before every write: LeaseLost when a newer process took the run dir over."""
     config_lib.validate(cfg)
-    run = FineTune(cfg, should_stop, on_epoch_end)
+    run = FineTune(cfg, should_stop, on_epoch_end, lease)
     try:
         run.setup(run_dir)
         return run.train()
-    except BaseException as e:  # W&B shows how the run ended, not a clean finish
-        if getattr(run, "wandb", None) is not None:
+    except BaseException as e:  # W&B shows how the run ended, not a clean finish (a fenced process writes nothing)
+        if getattr(run, "wandb", None) is not None and not isinstance(e, LeaseLost):
             run.wandb.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
         raise
     finally:
@@ -295,8 +299,8 @@ class FineTune:
     """One fine-tuning run: setup() builds, train() loops, cleanup() releases."""
 
     def __init__(self, cfg: DictConfig, should_stop: Callable[[], bool] | None = None,
-                 on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None):  # fmt: skip
-        self.cfg, self.should_stop, self.on_epoch_end = cfg, should_stop, on_epoch_end
+                 on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None, lease: Lease | None = None):  # fmt: skip
+        self.cfg, self.should_stop, self.on_epoch_end, self.lease = cfg, should_stop, on_epoch_end, lease
         self.created = time.perf_counter()
         self.precision, self.precision_note = resolve_precision(cfg.train.precision)
         self.accelerator = create_accelerator(self.precision, cfg.train.grad_accum_steps, cfg.train.seed,
@@ -332,6 +336,8 @@ class FineTune:
             self.build()  # every user-fixable problem surfaces here or in plan_run, before anything is written
         self.plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir) if self.main else None])[0]
         self.run_dir: Path = self.plan.run_dir
+        if self.main and self.lease is None:  # one writer from here on (checked before every write: guard())
+            self.lease = take_lease(self.run_dir)
         self.schedule = build_schedule(self.optimizer, cfg.schedule, self._phase_peaks(), self.net.phases,
                                        self.updates_per_epoch)  # fmt: skip
         # use_warmup: the decay grows with the updates (1 - (1 + n)^-2/3) up to ema_decay, so a run of 20 updates
@@ -344,9 +350,9 @@ class FineTune:
         if self.plan.checkpoint is not None:  # every file was verified against its checksum by plan_run
             self.state = ckpt.load_checkpoint(acc, self.plan.checkpoint, self.module, self.optimizer, self.schedule,
                                               self.ema)  # fmt: skip
-        # the run dir: written only now that every check passed
+        # the run dir: written only now that every check passed, and by one process (the newest lease's)
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.guard()
             config_lib.save(cfg, self.run_dir / "config.yaml")
             set_aside(self.plan.set_aside)
             truncate_after(self.run_dir / "metrics.jsonl", self.state.global_step)
@@ -484,7 +490,31 @@ class FineTune:
 
     # ------------------------------------------------------------ pieces of the loop
 
+    def guard(self) -> None:
+        """Before a durable write: LeaseLost if a newer process owns the run dir (main process; the others write
+        nothing durable of their own, and follow the main one at the next collective)."""
+        if self.main and self.lease is not None:
+            self.lease.check()
+
+    def _guard_all(self) -> None:
+        """guard() agreed by every rank (before a checkpoint's rename: all ranks stop together)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return self.guard()
+        from accelerate.utils import broadcast_object_list
+
+        problem = None
+        if self.main:
+            try:
+                self.guard()
+            except LeaseLost as e:
+                problem = str(e)
+        problem = broadcast_object_list([problem])[0]
+        if problem:
+            raise LeaseLost(problem)
+
     def _log(self, record: dict[str, Any]) -> None:
+        self.guard()
         self.logger.log(record)
         if self.wandb is not None:
             self.wandb.log(record, step=record["step"])
@@ -492,7 +522,7 @@ class FineTune:
     def _save(self) -> None:
         with self.timed("checkpoint"):
             ckpt.save_checkpoint(self.accelerator, self.run_dir, self.state, self.cfg.train.keep_checkpoints,
-                                 self.module, self.optimizer, self.schedule, self.ema)  # fmt: skip
+                                 self.module, self.optimizer, self.schedule, self.ema, guard=self._guard_all)  # fmt: skip
         self.last_save = time.perf_counter()
 
     def _epoch_checkpoint_due(self) -> bool:
@@ -527,10 +557,17 @@ class FineTune:
         self.logger.close()
         if self.wandb is not None:
             self.wandb.finish("interrupted")
-        result = _result("interrupted", self.run_dir, self.state, metrics)
+        result = self._result("interrupted", metrics)
         if self.main:
+            self.guard()
             write_json_atomic(self.run_dir / "result.json", result)
         return result
+
+    def _result(self, status: str, metrics: dict[str, float]) -> dict[str, Any]:
+        """What result.json says: how the run ended, where it stands, its metrics, and which lease (and job)
+        wrote it - so a launcher never takes one attempt's result for another's."""
+        owner = {"lease": self.lease.token, "job": self.lease.owner.get("job")} if self.lease is not None else {}
+        return {"status": status, "run_dir": str(self.run_dir), **asdict(self.state), **metrics, **owner}
 
     def _validate(self) -> dict[str, float]:
         ks = tuple(self.cfg.loss.recall_at)
@@ -548,6 +585,7 @@ class FineTune:
                 "epoch": self.state.epoch, "step": self.state.global_step}  # fmt: skip
         named = [("last", self.module)] + [("best", self.module)] * is_best
         named += [("ema", self.ema.module)] if self.ema is not None else []
+        self.guard()
         for name, weights in named:
             ckpt.export_weights(weights, self.run_dir / "export", name, {**meta, "metrics": metrics})
 
@@ -559,11 +597,13 @@ class FineTune:
 
     def _finish(self, status: str, metrics: dict[str, float]) -> dict[str, Any]:
         self.logger.close()
-        result = {**_result(status, self.run_dir, self.state, metrics), "weights_digest": weights_digest(self.module),
+        result = {**self._result(status, metrics), "weights_digest": weights_digest(self.module),
                   "time_s": self.time_spent()}  # fmt: skip
         if self.main:
+            self.guard()
             write_json_atomic(self.run_dir / "result.json", result)
         if self.wandb is not None:
+            self.guard()
             self._wandb_media()
             self.wandb.finish(status)
         return result
@@ -607,6 +647,7 @@ class FineTune:
         chosen = lr_finder.choose(result, lf.suggestion, fallback=kept)
         how = lf.suggestion if lf.suggestion in result.suggestions else "no suggestion (loss rose from the start): kept"
         if self.main:
+            self.guard()
             run_dir.mkdir(parents=True, exist_ok=True)
             stages = f"{self.net.phases[phase].first_trainable_stage}..{len(self.net.stages) - 1}"
             title = f"LR range test, phase {phase + 1} (stages {stages} train)"
@@ -755,5 +796,4 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _result(status: str, run_dir: Path, state: ckpt.TrainerState, metrics: dict[str, float]) -> dict[str, Any]:
-    return {"status": status, "run_dir": str(run_dir), **asdict(state), **metrics}
+

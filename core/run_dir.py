@@ -47,9 +47,17 @@ class RunPlan:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints whose save finished (trainer.json written last), oldest first."""
+    """Checkpoints whose save finished (trainer.json written last), oldest first. A checkpoint moved aside for a
+    new save of the same step (`.old_step_N`: the save was killed before its rename) counts while no `step_N` is
+    there: it is the newest complete one."""
     root = run_dir / "checkpoints"
-    return sorted(p for p in root.glob("step_*") if (p / "trainer.json").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = {p.name: p for p in root.glob("step_*") if (p / "trainer.json").is_file()}
+    for aside in root.glob(".old_step_*"):
+        if (aside / "trainer.json").is_file():
+            found.setdefault(aside.name.removeprefix(".old_"), aside)
+    return [found[name] for name in sorted(found)]
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -37,3 +37,26 @@ def sleep(params: dict[str, Any], run_dir: Path, report: Callable[[int, float], 
         time.sleep(0.1)
         report(epoch, float(epoch))
     return float(epochs)
+
+
+def die(params: dict[str, Any], run_dir: Path, report: Callable[[int, float], bool]) -> float:
+    """Kills its own process (as an OOM kill, a segfault or an NCCL abort would): a poison trial."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0.0
+
+
+def hang(params: dict[str, Any], run_dir: Path, report: Callable[[int, float], bool]) -> float:
+    """Never returns and ignores SIGTERM (a deadlocked data loader, a hung collective): only a kill ends it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(1)
+
+
+def nan(params: dict[str, Any], run_dir: Path, report: Callable[[int, float], bool]) -> float:
+    """A metric that is not a number: NaN (inf when optim.lr > 0.01), as a diverged run reports."""
+    return float("inf") if float(params.get("optim.lr", 0)) > 0.01 else float("nan")

@@ -1,7 +1,7 @@
-"""Run one trial (or an adaptive search's worker slot) from its spec file: `python -m jobs.run_trial trial.json`.
+"""Run one trial from its spec file: `python -m jobs.run_trial trial.json` (the local executor's subprocess).
 
-Used by the local executor (one subprocess per trial). Exit codes: 0 completed or pruned, 3 interrupted (a
-checkpoint was saved; `ftl resume` continues it), 2 a user error, 1 a crash.
+Exit codes: 0 completed or pruned, 3 interrupted (a checkpoint was saved; it continues when resumed or requeued),
+4 fenced (a newer attempt owns the run dir: this one wrote nothing more), 2 a user error, 1 a crash.
 """
 
 from __future__ import annotations
@@ -9,20 +9,22 @@ from __future__ import annotations
 import json
 import sys
 
+from jobs import early_signals
+
 
 def main(spec_path: str) -> int:
+    early_signals.hold()  # first: a cancel or time limit during the imports below is a stop request, not a death
     from core.errors import FtlError
+    from core.lease import LeaseLost
     from jobs.finetune import FineTuneJob
 
     spec = json.loads(open(spec_path).read())
     try:
         # the spec's env was given to this process by the runner (set before torch is imported)
-        if spec.get("search_slot") is not None:
-            from jobs.search_worker import SearchWorker
-
-            result = SearchWorker(spec["sweep_dir"], spec["search_slot"])()
-        else:
-            result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"))()
+        result = FineTuneJob(spec["recipe"], spec["overrides"], spec["run_dir"], spec.get("early_stop"))()
+    except LeaseLost as e:
+        print(f"ftl: {e}", file=sys.stderr)
+        return 4
     except FtlError as e:
         print(f"ftl: error: {e}", file=sys.stderr)
         return 2

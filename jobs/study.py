@@ -81,3 +81,76 @@ def suggest(trial, space: dict[str, Any], method: str, seed: int) -> list[str]:
             log = "loguniform" in dist
             values[key] = trial.suggest_float(key, float(lo), float(hi), log=log, step=None if log else dist.get("q"))
     return [f"{k}={format_value(v)}" for k, v in values.items()]
+
+
+def frozen_trial(study, optuna_id: int):
+    """The study's record of one trial (its state and value), by its id in the storage."""
+    return study._storage.get_trial(optuna_id)
+
+
+def check_journal(path: Path, asked: int, sweep_dir: Path) -> None:
+    """The study's journal checked before Optuna reads it: every line a complete JSON operation, and at least as
+    many trials as the sweep's log has asked (a journal cut short lost them). Damage is one FtlError naming the
+    file, the line and the repair; Optuna itself would skip a bad last line, or fail later on a bad line in the
+    middle."""
+    import json
+
+    from optuna.storages.journal._storage import JournalOperation
+
+    from core.errors import FtlError
+
+    if not path.is_file():
+        if asked:
+            raise FtlError(f"{path} is missing but the sweep has asked {asked} trials; `ftl repair {sweep_dir}` "
+                           "rebuilds it from the sweep's log")  # fmt: skip
+        return
+    fix = f"`ftl repair {sweep_dir}` rebuilds the study from the sweep's log (a copy of this file is kept)"
+    created = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                raise FtlError(f"{path} line {number} is cut short (a write that did not finish); {fix}")
+            try:
+                op = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise FtlError(f"{path} line {number} is damaged (not JSON); {fix}") from None
+            if not isinstance(op, dict) or "op_code" not in op:
+                raise FtlError(f"{path} line {number} is not an Optuna journal operation; {fix}")
+            created += op["op_code"] == JournalOperation.CREATE_TRIAL
+    if created < asked:
+        raise FtlError(f"{path} holds {created} trials but the sweep's log has asked {asked}: the journal lost "
+                       f"trials (cut short or replaced); {fix}")  # fmt: skip
+
+
+def distributions(space: dict[str, Any]) -> dict[str, Any]:
+    """The Optuna distribution of each key of a search space (as `suggest` asks them)."""
+    import optuna.distributions as d
+
+    out: dict[str, Any] = {}
+    for key, dist in space.items():
+        if "choice" in dist:
+            out[key] = d.CategoricalDistribution(dist["choice"])
+        elif "int" in dist:
+            out[key] = d.IntDistribution(int(dist["int"][0]), int(dist["int"][1]), step=int(dist.get("q") or 1))
+        else:
+            lo, hi = dist.get("uniform") or dist["loguniform"]
+            log = "loguniform" in dist
+            out[key] = d.FloatDistribution(float(lo), float(hi), log=log, step=None if log else dist.get("q"))
+    return out
+
+
+def params_of(overrides: list[str], space: dict[str, Any]) -> dict[str, Any]:
+    """A trial's overrides (`key=value` as `suggest` wrote them) back as Optuna params of the space."""
+    import optuna.distributions as d
+
+    dists, params = distributions(space), {}
+    for item in overrides:
+        key, _, text = item.partition("=")
+        dist = dists.get(key)
+        if isinstance(dist, d.CategoricalDistribution):
+            params[key] = next(c for c in dist.choices if format_value(c) == text)
+        elif isinstance(dist, d.IntDistribution):
+            params[key] = int(text)
+        elif dist is not None:
+            params[key] = float(text)
+    return params

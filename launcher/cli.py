@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FtlError("give a recipe (`ftl train fine_tune ...`), or resume=RUN_DIR to continue a run")
     else:
         cfg = config.load(recipe, overrides)  # validate before anything else
-    job = FineTuneJob(None, [], args.run_dir, config=config.to_dict(cfg), stop_signals=(signal.SIGUSR2, signal.SIGINT),
+    job = FineTuneJob(None, [], args.run_dir, config=config.to_dict(cfg), stop_signals=(signal.SIGUSR2, signal.SIGTERM, signal.SIGINT),
                       resume_existing=False)  # fmt: skip
     result = job()
     if result["status"] != "completed":
@@ -170,10 +170,10 @@ def _columns(man, r) -> list[str]:
     best = f"{r.best:.4f}" if isinstance(r.best, float) and r.best > float("-inf") else "-"
     speed = f"{r.img_per_s:.0f}" if r.img_per_s is not None else "-"
     eta = time.strftime("%H:%M:%S", time.gmtime(r.eta_s)) if r.eta_s is not None else "-"
-    return [r.id, r.state, r.epoch, r.step, metric, best, speed, eta, r.job_id, r.overrides]
+    return [r.id, r.state, r.epoch, r.step, metric, best, speed, eta, r.job_id, r.overrides + (f"  [{r.cause}]" if r.cause else "")]
 
 
-HEADERS = ["trial", "state", "epoch", "step", "METRIC", "best", "img/s", "eta", "job", "overrides"]
+HEADERS = ["trial", "state", "epoch", "step", "METRIC", "best", "img/s", "eta", "job", "overrides [cause]"]
 
 
 def plain_table(man, rows: list, limit: int) -> str:
@@ -193,7 +193,7 @@ def rich_table(man, rows: list, limit: int):
 
     table = Table(title=f"{man.name}: {progress_line(man)}", title_justify="left", expand=False)
     for header in HEADERS:
-        table.add_column(header.replace("METRIC", man.metric), no_wrap=header != "overrides", overflow="ellipsis",
+        table.add_column(header.replace("METRIC", man.metric), no_wrap=header != "overrides [cause]", overflow="ellipsis",
                          justify="right" if header in ("METRIC", "best", "img/s", "eta") else "left")  # fmt: skip
     colours = {"RUNNING": "cyan", "COMPLETED": "green", "FAILED": "red", "LOST": "red", "CANCELLED": "yellow"}
     for r in _sorted(man, rows)[:limit]:
@@ -241,10 +241,21 @@ def _hint(man, sweep_dir) -> str:
 def cmd_resume(args: argparse.Namespace) -> int:
     from launcher.control import resume
 
-    ids, note = resume(args.sweep_dir)
+    ids, note = resume(args.sweep_dir, args.max_attempts)
     print(f"ftl: resubmitted {len(ids)} trials" if ids else f"ftl: {note}")
     if ids and note:
         print(f"ftl: note: {note}")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from launcher.repair import repair
+
+    done = repair(args.sweep_dir)
+    for line in done:
+        print(f"ftl: {line}")
+    if not done:
+        print(f"ftl: nothing damaged in {args.sweep_dir}")
     return 0
 
 
@@ -257,7 +268,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     from launcher import states as st
-    from launcher.control import progress_line
+    from launcher.control import budget_shortfall, progress_line
 
     man = watch(args.sweep_dir, args.poll, args.timeout, args.limit)
     print(f"ftl: {progress_line(man)}")
@@ -266,10 +277,16 @@ def cmd_wait(args: argparse.Namespace) -> int:
         print(f"ftl: best trial {best.id}: {man.metric} {best.result[man.metric]:.4f} ({' '.join(best.overrides)})")
         print(f"ftl: its run dir {Path(args.sweep_dir) / man.trials[best.id].run_dir}")
     bad = [t for t in man.trials.values() if not st.is_success(t.state)]
+    failed_workers = [w for w in man.jobs.values() if man.search and not st.is_success(w.state)]
+    short = budget_shortfall(man)
     if bad:
         print(f"ftl: {len(bad)} of {len(man.trials)} trials did not complete; {_hint(man, args.sweep_dir)}")
-        return 1
-    return 0
+    if failed_workers:
+        causes = "; ".join(f"{w.id} {w.state.lower()}{': ' + w.cause if w.cause else ''}" for w in failed_workers[:4])
+        print(f"ftl: {len(failed_workers)} of {len(man.jobs)} search workers did not finish ({causes})")
+    if short:
+        print(f"ftl: {short}; `ftl resume {args.sweep_dir}` continues it")
+    return 1 if bad or failed_workers or short else 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -386,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, func, text in (("status", cmd_status, "one-query status table of a sweep"),
                              ("resume", cmd_resume, "resubmit the trials that are not completed"),
                              ("cancel", cmd_cancel, "cancel queued and running trials"),
-                             ("wait", cmd_wait, "wait for a sweep to finish, with a progress bar")):  # fmt: skip
+                             ("wait", cmd_wait, "wait for a sweep to finish, with a progress bar"),
+                             ("repair", cmd_repair, "repair a damaged sweep dir (damaged log lines, study journal)")):  # fmt: skip
         p = verbs.add_parser(verb, help=text)
         p.add_argument("sweep_dir")
         p.set_defaults(func=func)
@@ -395,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
         if verb == "status":
             p.add_argument("--watch", action="store_true", help="refresh a live table until every trial is settled")
+        if verb == "resume":
+            p.add_argument("--max-attempts", type=int, help="retry trials that failed fewer times than this (default: "
+                                                             "the sweep's max_attempts, 3)")  # fmt: skip
         if verb == "wait":
             p.add_argument("--timeout", type=float, default=7 * 24 * 3600,
                            help="give up after this many seconds (default: 7 days; 0: never)")

@@ -42,7 +42,9 @@ class ClusterConfig:
     tasks_per_node: int | None = None  # default: one task per GPU (1 without GPUs)
     cpus_per_task: int = 2
     mem_gb: float = 8
-    timeout_min: Any = 60  # minutes, or a SLURM time string: "90", "1:00:00", "2-00:00:00" (read as SLURM reads it)
+    # minutes, or a SLURM time string: "90", "1:00:00", "2-00:00:00" (read as SLURM reads it); unset: 60 on SLURM,
+    # no limit locally. Enforced on both: USR2 signal_delay_s before it (checkpoint, requeue), killed at it.
+    timeout_min: Any = None
     signal_delay_s: int = 90  # USR2 this long before the time limit: the trial checkpoints and requeues
     array_parallelism: int = 256  # array tasks running at once
     max_num_timeout: int = 3  # preemptions / time-outs a trial may survive (requeues)
@@ -100,8 +102,11 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
         raise FtlError(f"{path}: {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
     cluster = ClusterConfig(**OmegaConf.to_container(merged))  # type: ignore[arg-type]
     problems = []
+    if cluster.timeout_min is None and cluster.executor == "slurm":
+        cluster.timeout_min = 60
     try:
-        cluster.timeout_min = slurm_minutes(cluster.timeout_min)
+        if cluster.timeout_min is not None:
+            cluster.timeout_min = slurm_minutes(cluster.timeout_min)
     except ValueError as e:
         problems.append(f"timeout_min={cluster.timeout_min!r}: {e}")
         cluster.timeout_min = 1
@@ -110,7 +115,7 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
     if cluster.wandb_mode not in ("offline", "online", "disabled"):
         problems.append(f"wandb_mode={cluster.wandb_mode!r} must be offline, online or disabled")
     for key in ("max_parallel", "nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
-        if getattr(cluster, key) < 1:
+        if getattr(cluster, key) is not None and getattr(cluster, key) < 1:
             problems.append(f"{key}={getattr(cluster, key)} must be >= 1")
     if cluster.gpus_per_node < 0 or cluster.max_num_timeout < 0 or cluster.signal_delay_s < 0:
         problems.append("gpus_per_node, max_num_timeout and signal_delay_s must be >= 0")

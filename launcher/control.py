@@ -80,7 +80,7 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
     trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"{folder}/{t.id}") for t in sweep.trials}
     man = mf.Manifest(sweep.name, sweep.recipe, sweep.overrides, sweep.metric, sweep.mode, public_dict(cluster),
                       early_stop_spec(sweep, sweep_dir), mf.now(), trials, sweep_file=sweep.path, uid=mf.new_uid(),
-                      search=sweep.search)  # fmt: skip
+                      search=sweep.search, max_attempts=sweep.max_attempts)  # fmt: skip
     mf.create(sweep_dir, man, {"recipe.yaml": yaml.safe_dump(resolved, sort_keys=False),
                                "sweep.yaml": yaml.safe_dump(sweep.spec, sort_keys=False)})  # fmt: skip
     on_created(sweep_dir, man)
@@ -98,20 +98,31 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
     return sweep_dir, man, note
 
 
+# A search's settings, by what extending it may do with each: applied from now on, or refused (another study)
+EXTEND_APPLIES = ("n_trials", "max_parallel", "stale_after_s", "max_attempts")
+EXTEND_REFUSES = ("space_hash", "method", "seed", "program", "early_stop")
+
+
 def extend_search(sweep_dir: Path, sweep: Sweep) -> Path:
-    """`ftl sweep FILE --out DIR n_trials=N` on an existing search: the same study with a new budget (and worker
-    count), then its workers resumed. A changed space, method or metric is refused: it would be another study."""
+    """`ftl sweep FILE --out DIR n_trials=N` on an existing search: the same study with a new budget, worker count,
+    stale_after_s or max_attempts (applied from now on), then its workers resumed. Anything else changed - the
+    space, method, seed, program, early stopping, metric, recipe or overrides - would make another study: refused,
+    with what changed. A budget below the trials already asked is refused."""
     with mf.locked(sweep_dir) as man:
         old, new = man.search, sweep.search
         if not old or not new:
             raise FtlError(f"sweep dir {sweep_dir} is not a search: continue it with `ftl resume {sweep_dir}`")
-        changed = [k for k in ("space_hash", "method", "seed") if old.get(k) != new.get(k)]
-        changed += [k for k in ("metric", "mode", "recipe") if getattr(man, k) != getattr(sweep, k)]
+        changed = [k.replace("_hash", "") for k in EXTEND_REFUSES if old.get(k) != new.get(k)]
+        changed += [k for k in ("metric", "mode", "recipe", "overrides") if getattr(man, k) != getattr(sweep, k)]
         if changed:
-            raise FtlError(f"sweep dir {sweep_dir} holds a search with another {' / '.join(changed).replace('_hash', '')}: "
-                           "resuming a study with a changed search space would mix two searches; pick a new --out")  # fmt: skip
-        man.search = {**old, "n_trials": new["n_trials"]}
-        mf.rewrite_sweep(man)
+            raise FtlError(f"sweep dir {sweep_dir} holds a search with another {' / '.join(changed)}: continuing its "
+                           "study with a changed search would mix two searches; pick a new --out")  # fmt: skip
+        if new["n_trials"] < len(man.trials):
+            raise FtlError(f"n_trials={new['n_trials']} is below the {len(man.trials)} trials this search already "
+                           f"asked; give n_trials >= {len(man.trials)}")  # fmt: skip
+        settings = {k: new[k] for k in EXTEND_APPLIES if k in new and old.get(k) != new[k]}
+        if settings:
+            man.append([{"e": "search", **settings}])
     resume(sweep_dir)
     return sweep_dir
 
@@ -128,19 +139,21 @@ class Row:
     step: str = "-"  # "step/steps" within the running epoch
     img_per_s: float | None = None
     eta_s: float | None = None
+    cause: str = ""  # why it did not succeed
 
 
 def refresh(sweep_dir: str | Path, recover: bool = True) -> tuple[mf.Manifest, list[Row]]:
-    """Fresh states of every trial (one scheduler query for all), merged with the trials' own files, under the
-    lock. Jobs an interrupted submission queued are adopted; the local runner is replaced if it died."""
-    sweep_dir = Path(sweep_dir)
-    with mf.locked(sweep_dir) as man:
-        executor = executor_for(man)
-        if recover:
-            executor.recover(man, cancel_orphans=False)
-        files = mf.TrialFiles(man)
-        executor.refresh(man, files)
-        executor.after_change(man)
+    """Fresh states of every trial (one scheduler query for all), merged with the trials' own files. Read without
+    the sweep lock; what changed is appended in one short hold of it (`manifest.commit`). Jobs an interrupted
+    submission queued are adopted; the local runner is replaced if it died."""
+    man = mf.read(sweep_dir)
+    executor = executor_for(man)
+    if recover:
+        executor.recover(man, cancel_orphans=False)
+    files = mf.TrialFiles(man)
+    executor.refresh(man, files)
+    mf.commit(man)  # also folds what was appended meanwhile: a worker that ended has told its trials
+    executor.after_change(man)
     return man, rows_of(man, files)
 
 
@@ -156,45 +169,58 @@ def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
         rows.append(Row(t.id, t.state, epoch, metric if isinstance(metric, (int, float)) else None, best,
                         t.job_id or "-", " ".join(t.overrides),
                         f"{progress.get('step_in_epoch', 0)}/{progress['steps_per_epoch']}" if live else "-",
-                        progress.get("img_per_s") if live else None, progress.get("eta_s") if live else None))  # fmt: skip
+                        progress.get("img_per_s") if live else None, progress.get("eta_s") if live else None,
+                        t.cause if not st.is_success(t.state) else ""))  # fmt: skip
     return rows
 
 
-def resume(sweep_dir: str | Path) -> tuple[list[str], str]:
+def resume(sweep_dir: str | Path, max_attempts: int | None = None) -> tuple[list[str], str]:
     """Queue again every trial that needs it (never submitted, held back, interrupted submission, failed, held by
-    SLURM, lost); one locked decision, so a second `ftl resume` at the same time finds nothing left to do."""
+    SLURM, lost, or still being cancelled - a new attempt fences the old one: core/lease.py); one locked decision,
+    so a second `ftl resume` at the same time finds nothing left to do. A trial that failed max_attempts times
+    is left FAILED with its cause (max_attempts raises the sweep's limit from now on)."""
     sweep_dir = Path(sweep_dir)
     with mf.locked(sweep_dir) as man:
+        if max_attempts is not None and max_attempts != man.max_attempts:
+            man.append([{"e": "settings", "max_attempts": max_attempts}])
         cluster = cluster_from_dict(man.cluster)
         check_secrets(cluster)
         executor = create_executor(cluster, sweep_dir)
         executor.recover(man, cancel_orphans=True)
         executor.refresh(man, mf.TrialFiles(man))
-        todo = [t for t in man.jobs.values() if st.needs_resume(t.state)]
+        wanted = [t for t in man.jobs.values() if st.needs_resume(t.state) or t.state == "CANCELLING"]
         if man.search:  # every slot that is not queued or running, while trials are left to ask or to finish
-            todo = [t for t in man.jobs.values() if st.is_settled(t.state)] if search_has_work(man) else []
+            wanted = [t for t in man.jobs.values() if st.is_settled(t.state) or t.state == "CANCELLING"]
+            wanted = wanted if search_has_work(man) else []
+        todo = [t for t in wanted if man.search or t.failures < man.max_attempts]
+        poisoned = len(wanted) - len(todo)
         held = [t.job_id for t in todo if st.phase(t.state) == "held" and t.job_id]
         if held:
             executor.cancel(held)  # REQUEUE_HOLD / SPECIAL_EXIT: cancelled, then queued afresh (exact resume)
+        note = (f"{poisoned} trials failed {man.max_attempts} times and stay FAILED (`ftl status` shows why; "
+                f"`ftl resume {sweep_dir} --max-attempts N` retries them)" if poisoned else "")  # fmt: skip
         if not todo:
             executor.after_change(man)
             what = "the search's budget is spent" if man.search else "every trial is completed, pruned, queued or running"
-            return [], f"nothing to resume: {what}"
-        note = executor.submit(man, todo)
+            return [], note or f"nothing to resume: {what}"
+        submitted = executor.submit(man, todo)
+    note = "; ".join(n for n in (submitted, note) if n)
     return [t.id for t in todo if t.job_ids and t.state == "PENDING"], note
 
 
 def cancel(sweep_dir: str | Path) -> int:
-    """Cancel every queued or running trial (marked first, so the mark sticks whatever the scheduler reports
-    next); finished results are kept. Returns how many were cancelled."""
+    """Cancel every queued or running job (marked first, so the mark sticks whatever the scheduler reports next);
+    finished results are kept. A cancelled job is CANCELLING until its process is gone (it saves a checkpoint
+    first; the local runner kills it after KILL_WAIT_S, SLURM after its KillWait). Returns how many."""
     sweep_dir = Path(sweep_dir)
     with mf.locked(sweep_dir) as man:
         executor = executor_for(man)
         executor.recover(man, cancel_orphans=True)
         executor.refresh(man, mf.TrialFiles(man))
-        live = [t for t in man.jobs.values() if t.job_id and st.phase(t.state) in ("pending", "live", "held", "unknown")]
+        live = [t for t in man.jobs.values() if t.job_id and st.phase(t.state) in ("pending", "live", "held", "unknown")
+                and t.state != "CANCELLING"]  # fmt: skip
         for t in live:
-            man.update(t, cancelled=True, state="CANCELLED")
+            man.update(t, cancelled=True, state="CANCELLING" if st.phase(t.state) == "live" else "CANCELLED")
         mf.save_states(man)
         executor.cancel([t.job_id for t in live if t.job_id])
     return len(live)
@@ -245,3 +271,10 @@ def search_has_work(man: mf.Manifest) -> bool:
     """Trials left to ask, or a trial left unfinished by a worker that is gone."""
     unfinished = any(t.state in ("RUNNING", "STALLED") for t in man.trials.values())
     return len(man.trials) < man.search["n_trials"] or unfinished  # type: ignore[index]
+
+
+def budget_shortfall(man: mf.Manifest) -> str:
+    """Why a search ended short of its budget (its workers settled with trials left to ask), or ''."""
+    if not man.search or len(man.trials) >= man.search["n_trials"]:
+        return ""
+    return f"the search stopped at {len(man.trials)} of its {man.search['n_trials']} trials"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import FtlError
+from core.faults import fault_point
 from launcher import manifest as mf
 from launcher import states as st
 from launcher.clusters import ClusterConfig
@@ -109,6 +110,7 @@ class Executor(ABC):
     def __init__(self, cluster: ClusterConfig, sweep_dir: Path):
         self.cluster = cluster
         self.sweep_dir = Path(sweep_dir)
+        self.reasons: dict[str, str] = {}  # why a job ended badly (exit code, signal), filled by states()
 
     # ------------------------------------------------------------ hooks
 
@@ -165,17 +167,14 @@ class Executor(ABC):
         with signals_held():
             now = time.time()
             mf.write_batch(man, token, entries, now, None)  # 1. the intent, on disk before the scheduler hears of it
-            mf.apply_batch(man, {"token": token, "submitted": now, "trials": entries, "job_ids": None})
+            fault_point("after-intent")
             try:
                 job_ids = self._submit_batch([trial_spec(man, r) for r in batch], f"{man.job_name}.{token}")
             except BaseException:
-                mf.drop_batch(man, token)  # refused: nothing was queued for this batch
-                for record in batch:
-                    for key, value in before[record.id].items():
-                        setattr(record, key, value)
+                mf.revert_batch(man, token, before)  # refused: nothing was queued for this batch
                 raise
-            mf.write_batch(man, token, entries, now, job_ids)  # 3. the job ids, for the whole batch in one file
-            mf.apply_batch(man, {"token": token, "submitted": now, "trials": entries, "job_ids": job_ids})
+            fault_point("after-sbatch")
+            mf.write_batch(man, token, entries, now, job_ids)  # 3. the job ids, for the whole batch in one event
 
     def recover(self, man: mf.Manifest, cancel_orphans: bool) -> list[mf.TrialRecord]:
         """Trials left SUBMITTING by a killed command: adopt the jobs the scheduler has under their token. With
@@ -201,43 +200,61 @@ class Executor(ABC):
 
     def refresh(self, man: mf.Manifest, read_run_dir) -> None:
         """Derive the state of every submitted trial that has not succeeded from its job and its run dir (see
-        `derive_state`). Failed ones are asked again: SLURM requeues after NODE_FAIL or PREEMPTED."""
+        `derive_state`), with the cause of a failure. Failed ones are asked again: SLURM requeues after NODE_FAIL
+        or PREEMPTED."""
         watch = [r for r in man.jobs.values() if r.job_id and not st.is_success(r.state)]
         job_states = self.states(man, watch) if watch else {}
         for record in watch:
             progress, result = read_run_dir(record)
             if result.get("job") not in (None, record.job_id):
                 result = {}  # written by an earlier submission of this job (a search slot run again)
-            state = derive_state(record, job_states.get(record.job_id or "", "UNKNOWN"), result, time.time())
+            job_state = job_states.get(record.job_id or "", "UNKNOWN")
+            state = derive_state(record, job_state, result, time.time(), None if man.search else man.metric)
             fields: dict = {"state": state}
             if st.is_success(state):
-                fields["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+                fields["result"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and mf.finite(v)
+                                    or isinstance(v, str)}  # fmt: skip
+            elif st.is_final(state) and state != "CANCELLED":
+                fields["cause"] = failure_cause(state, self.reasons.get(record.job_id or "", ""), result, man.metric)
+                if st.is_failure(state) and not st.is_failure(record.state):
+                    fields["failures"] = record.failures + 1  # once per attempt: the first refresh that sees it
             if any(getattr(record, k) != v for k, v in fields.items()):
                 man.update(record, **fields)
-        if man.search:  # a search's trials, read again after its workers: a worker seen done has told its trials
-            man.trials = mf.search_trials(man)
 
 
 ACCOUNTING_GRACE_S = 120  # a fresh submission may not be in sacct yet
 
 
-def derive_state(record: mf.TrialRecord, job_state: str, result: dict, now: float) -> str:
-    """A submitted trial's state: its run dir's result first (the job's own word), then a sticky cancel, then the
-    job's state; a job nobody reports is LOST once accounting had time to see it."""
+def derive_state(record: mf.TrialRecord, job_state: str, result: dict, now: float, metric: str | None = None) -> str:
+    """A submitted trial's state: its run dir's result first (the job's own word; a result whose metric is NaN or
+    infinite is a failure), then a cancel (CANCELLING until the job is gone), then the job's state; a job
+    nobody reports is LOST once accounting had time to see it."""
     job_state = st.normalise(job_state)
     status = result.get("status")
     if status == "completed":
-        return "COMPLETED"
+        return "COMPLETED" if metric is None or mf.finite(result.get(metric)) else "FAILED"
     if status == "pruned":
         return "PRUNED"
     if record.cancelled:
-        return "CANCELLED"
+        return "CANCELLED" if st.phase(job_state) in ("final", "unknown") else "CANCELLING"
     if job_state == "UNKNOWN":
         recent = record.submitted is not None and now - record.submitted < ACCOUNTING_GRACE_S
         return record.state if recent or st.phase(record.state) == "unsubmitted" else "LOST"
     if job_state == "COMPLETED":  # the job ended but its training did not: interrupted and not requeued
         return "PREEMPTED" if status == "interrupted" else "FAILED"
     return job_state
+
+
+def failure_cause(state: str, reason: str, result: dict, metric: str) -> str:
+    """Why a trial did not succeed, in one line: its own error, a metric that is not a number, or what the
+    scheduler (or the local runner) said of its job."""
+    if result.get("status") == "completed" and not mf.finite(result.get(metric)):
+        return f"metric {metric} is {result.get(metric)}"
+    if result.get("error"):
+        return str(result["error"]).strip().splitlines()[-1][:300]
+    return reason or {"LOST": "its job vanished without a result (purged from accounting, or its runner died)",
+                      "OUT_OF_MEMORY": "out of memory", "TIMEOUT": "time limit reached",
+                      "NODE_FAIL": "its node failed", "PREEMPTED": "preempted"}.get(state, state.lower())  # fmt: skip
 
 
 def create_executor(cluster: ClusterConfig, sweep_dir: Path) -> Executor:

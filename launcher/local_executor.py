@@ -1,10 +1,10 @@
 """The local backend: trials run as subprocesses of a detached runner (launcher/local_runner.py) on this machine.
 
-Submitting appends lines `<token> <index> <trial id> <attempt>` to SWEEP_DIR/local_queue.log (one write per
-batch, under the sweep lock) and makes sure a runner is alive. The runner writes each started trial's
-`trials/<id>/local_job.json` (attempt, state, pid and the process's start time, exit code). Liveness is the
-runner's lock on `.local_runner.lock` (a dead runner holds nothing) and, for a trial, its pid with the same start
-time (pids are reused). A job id is `local-<trial id>.<attempt>`.
+Submitting is the batch event itself: a trial whose record is PENDING with a job id `local-<trial id>.<attempt>`
+is queued, and the runner (started here when none is alive) reads the sweep's log for such trials. The runner
+writes each started job's `local_job.json` in its run dir (attempt, state, pid and the process's start time, exit
+code, requeues) - the local executor's accounting, as sacct is SLURM's. Liveness is the runner's flock on
+`.local_runner.lock` (one host: a dead runner holds nothing) and, for a job, its pid with the same start time.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,12 +23,16 @@ from launcher import manifest as mf
 from launcher.clusters import job_environment
 from launcher.executors import Executor, TrialSpec, submission_env
 
-QUEUE = "local_queue.log"
 RUNNER_LOCK = ".local_runner.lock"
 
 
 def job_id(trial_id: str, attempt: int) -> str:
     return f"local-{trial_id}.{attempt}"
+
+
+def job_folder(job: str) -> str:
+    """A job's run dir in the sweep dir: a search's worker slot (w0, w1, ...) or a trial (a 10-digit hash)."""
+    return f"workers/{job}" if re.fullmatch(r"w\d+", job) else f"trials/{job}"
 
 
 def read_local_job(run_dir: Path) -> dict:
@@ -63,74 +68,62 @@ def runner_alive(sweep_dir: Path) -> bool:
         return False
 
 
-def read_queue(sweep_dir: Path, offset: int = 0) -> tuple[list[tuple[str, int, str, int]], int]:
-    """Complete lines of the queue from `offset`: [(token, index, trial id, attempt)] and the new offset."""
-    try:
-        with open(sweep_dir / QUEUE, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1  # a half-written last line (a killed writer) is left for later
-    entries = []
-    for line in data[:end].decode(errors="replace").splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
-            entries.append((parts[0], int(parts[1]), parts[2], int(parts[3])))
-    return entries, offset + end
+def exit_reason(job: dict) -> str:
+    """Why a local job ended badly, from its exit code: a signal (SIGKILL often means the kernel's OOM killer)."""
+    code = job.get("returncode")
+    if job.get("state") == "TIMEOUT":
+        return "time limit reached (timeout_min): killed"
+    if isinstance(code, int) and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if code == -signal.SIGKILL else "")
+    if code == 2:
+        return "a configuration or data error (exit 2): see its train.log"
+    return f"exit code {code}" if code not in (None, 0) else ""
 
 
 class LocalExecutor(Executor):
     def _submit_batch(self, specs: list[TrialSpec], job_name: str) -> list[str]:
-        token = job_name.rsplit(".", 1)[-1]
-        lines = [f"{token} {index} {spec.id} {spec.attempt}\n" for index, spec in enumerate(specs)]
-        fd = os.open(self.sweep_dir / QUEUE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        try:
-            os.write(fd, "".join(lines).encode())  # one append: all of the batch or (killed) none of it
-        finally:
-            os.close(fd)
-        return [job_id(s.id, s.attempt) for s in specs]
+        return [job_id(s.id, s.attempt) for s in specs]  # queued by the batch event the caller appends next
 
     def find_jobs(self, man: mf.Manifest, tokens: set[str]) -> dict[str, dict[int, str]]:
-        entries, _ = read_queue(self.sweep_dir)
-        out: dict[str, dict[int, str]] = {}
-        for token, index, trial_id, attempt in entries:
-            if token in tokens:
-                out.setdefault(token, {})[index] = job_id(trial_id, attempt)
-        return out
+        return {}  # nothing is queued before the batch event with the job ids is in the log
 
     def states(self, man: mf.Manifest, records: list[mf.TrialRecord]) -> dict[str, str]:
-        """A trial the runner has not started is PENDING; a started one is what its local_job.json says, except
-        that a RUNNING process which is gone is LOST when no runner is alive to record how it ended."""
+        """A job the runner has not started is PENDING (CANCELLED once cancelled: it never will be); a started
+        one is what its local_job.json says, except that a RUNNING process which is gone is LOST when no runner is
+        alive to record how it ended."""
         out = {}
         runner = None  # looked up once, if needed
         for record in records:
             job = read_local_job(self.sweep_dir / record.run_dir)
             if job.get("attempt") != record.attempt:
-                out[record.job_id] = "PENDING"
+                out[record.job_id] = "CANCELLED" if record.cancelled else "PENDING"
             elif job.get("state") == "RUNNING" and not alive(job.get("pid"), job.get("start")):
                 runner = runner_alive(self.sweep_dir) if runner is None else runner
                 out[record.job_id] = "RUNNING" if runner else "LOST"  # a live runner records the exit in a moment
             else:
                 out[record.job_id] = job.get("state", "UNKNOWN")
+                self.reasons[record.job_id or ""] = exit_reason(job)
         return out  # type: ignore[return-value]
 
     def cancel(self, job_ids: list[str]) -> None:
-        """Queued trials are skipped by the runner (their state is marked cancelled first, under the same lock the
-        runner starts trials under); a running one gets USR2, as SLURM sends before a time limit: it checkpoints
-        at its next update and exits."""
+        """Queued jobs are skipped by the runner (their records are marked cancelled first, under the lock the
+        runner starts jobs under); a running one gets SIGTERM now - it saves a checkpoint at its next update and
+        exits - and the runner kills it if it is still alive KILL_WAIT_S later (a hung trial)."""
         for jid in job_ids:
             trial_id, _, attempt = jid.removeprefix("local-").rpartition(".")
-            job = read_local_job(self.sweep_dir / "trials" / trial_id)
+            job = read_local_job(self.sweep_dir / job_folder(trial_id))
             if job.get("attempt") == int(attempt or -1) and alive(job.get("pid"), job.get("start")):
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(job["pid"], signal.SIGUSR2)
+                    os.kill(job["pid"], signal.SIGTERM)
 
     def after_change(self, man: mf.Manifest) -> None:
-        """Start a runner when trials wait for one and none is alive (a killed runner is replaced here)."""
-        waiting = any(r.state == "PENDING" and r.job_id and not r.cancelled for r in man.jobs.values())
+        """Start a runner when jobs wait for one and none is alive (a killed runner is replaced here)."""
+        waiting = any(r.state in ("PENDING", "RUNNING", "CANCELLING") and r.job_id and r.job_id.startswith("local-")
+                      for r in man.jobs.values())  # fmt: skip
         if waiting and not runner_alive(self.sweep_dir):
             start_runner(self.sweep_dir, self.cluster.max_parallel, job_environment(self.cluster))
+
 
 
 def start_runner(sweep_dir: Path, max_parallel: int, env: tuple[dict[str, str], dict[str, str]]) -> None:

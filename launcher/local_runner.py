@@ -1,22 +1,30 @@
 """The local executor's detached runner: `python -m launcher.local_runner SWEEP_DIR MAX_PARALLEL`.
 
-Runs the trials queued in SWEEP_DIR/local_queue.log as subprocesses (`python -m jobs.run_trial`), MAX_PARALLEL
-at a time, and records each one in its run dir (local_job.json: attempt, state, pid + start time, exit code).
+Runs the jobs queued in the sweep's log (records PENDING with a `local-` job id) as subprocesses - a trial as
+`python -m jobs.run_trial`, a search's worker slot as `python -m launcher.search_worker` - MAX_PARALLEL at a time,
+and records each in its run dir (local_job.json: attempt, state, pid + start time, exit code, requeues).
 
 - One runner per sweep dir: it holds `.local_runner.lock` while alive. A runner started while another is exiting
-  waits for that lock instead of exiting, so queued trials are never left without a runner.
-- It starts a trial under the sweep lock, after checking that the trial's state still asks for this attempt and
-  was not cancelled: `ftl cancel` and `ftl resume` decide under the same lock.
-- A runner that finds trials RUNNING from a runner that died adopts them while their process lives (pid and
-  start time match) and marks them LOST when it is gone.
+  waits for that lock instead of exiting, so queued jobs are never left without a runner.
+- It starts a job under the sweep lock, after checking that the job's record still asks for this attempt, was
+  not cancelled and was not started (by a runner on another host): `ftl cancel` and `ftl resume` decide under
+  the same lock. One child per job: a newer attempt waits until the older one's process is gone, and children
+  never exceed MAX_PARALLEL, old attempts included.
+- Cancel: the job gets SIGTERM (it saves a checkpoint and exits), then SIGKILL after KILL_WAIT_S if it is still
+  there - a hung trial or worker ends.
+- Time limit, as SLURM + submitit: USR2 `signal_delay_s` before `timeout_min` (the job checkpoints and exits; it is
+  started again, up to `max_num_timeout` times), SIGKILL at `timeout_min` (TIMEOUT).
+- A runner that finds jobs RUNNING from a runner that died adopts them while their process lives (pid and start
+  time match) and marks them LOST when it is gone.
 - It leaves when nothing is queued or running, deciding so under the sweep lock (a submitter appends under it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,11 +33,14 @@ from pathlib import Path
 
 from core.fileio import write_json_atomic
 from launcher import manifest as mf
+from launcher.clusters import cluster_from_dict
 from launcher.executors import trial_spec
-from launcher.local_executor import RUNNER_LOCK, alive, process_start, read_local_job, read_queue
+from launcher.local_executor import RUNNER_LOCK, alive, job_id, process_start, read_local_job
+from launcher.sweep_lock import sweep_lock
 
-EXIT_STATES = {0: "COMPLETED", 3: "PREEMPTED"}  # see jobs/run_trial.py
+EXIT_STATES = {0: "COMPLETED", 3: "PREEMPTED", 4: "FAILED"}  # see jobs/run_trial.py (4: fenced by a newer attempt)
 POLL_S = 0.5
+KILL_WAIT_S = float(os.environ.get("FTL_KILL_WAIT_S", "30"))  # SLURM's KillWait default
 
 
 @dataclass
@@ -38,39 +49,39 @@ class Child:
     attempt: int
     pid: int
     start: int | None
+    started: float  # time.monotonic() at start (the time limit counts from here)
     proc: subprocess.Popen | None = None  # None: adopted from a runner that died
+    requeues: int = 0
+    warned: bool = False  # USR2 sent before the time limit
+    term_at: float | None = None  # when SIGTERM was sent for a cancel
 
 
 class Runner:
     def __init__(self, sweep_dir: Path, max_parallel: int):
         self.sweep_dir = sweep_dir
         self.max_parallel = max_parallel
-        self.sweep = mf.read_sweep(sweep_dir)  # what the sweep is: fixed once written
-        self.running: dict[str, Child] = {}
-        self.pending: list[tuple[str, int, str]] = []  # (trial id, attempt, batch token), in queue order
-        self.batches: dict[str, dict] = {}  # completed batch records by token
-        self.seen: set[tuple[str, int]] = set()
-        self.offset = 0
+        self.man = mf.read(sweep_dir)
+        cluster = cluster_from_dict(self.man.cluster)
+        self.limit_s = (cluster.timeout_min or 0) * 60.0  # 0: no time limit (the local default)
+        self.warn_s = max(self.limit_s - cluster.signal_delay_s, self.limit_s * 0.5)
+        self.max_requeues = cluster.max_num_timeout
+        self.running: dict[str, Child] = {}  # by job id: at most one child per job
+        self.started: set[tuple[str, int]] = set()  # (job, attempt) this runner (or its local_job.json) started
+        self.adopt_orphans()
 
     def run_dir(self, trial_id: str) -> Path:
-        return self.sweep_dir / self.sweep.jobs[trial_id].run_dir
+        return self.sweep_dir / self.man.jobs[trial_id].run_dir
 
-    def take_new_entries(self) -> None:
-        entries, self.offset = read_queue(self.sweep_dir, self.offset)
-        for token, _, trial_id, attempt in entries:
-            if (trial_id, attempt) in self.seen or trial_id not in self.sweep.jobs:
-                continue
-            self.seen.add((trial_id, attempt))
-            job = read_local_job(self.run_dir(trial_id))
-            if job.get("attempt", 0) > attempt or (job.get("attempt") == attempt and job.get("state") != "RUNNING"):
-                continue  # superseded, or already ran
-            if job.get("attempt") == attempt:  # RUNNING under a runner that died
+    def adopt_orphans(self) -> None:
+        """Jobs RUNNING under a runner that died: adopted while their process lives, else LOST."""
+        for record in self.man.jobs.values():
+            job = read_local_job(self.sweep_dir / record.run_dir) if record.job_id else {}
+            if job.get("state") == "RUNNING":
                 if alive(job.get("pid"), job.get("start")):
-                    self.running[trial_id] = Child(trial_id, attempt, job["pid"], job["start"])
+                    self.running[record.id] = Child(record.id, job["attempt"], job["pid"], job["start"],
+                                                    time.monotonic(), requeues=job.get("requeues", 0))  # fmt: skip
                 else:
-                    self.record(trial_id, attempt, "LOST", job.get("pid"))
-                continue
-            self.pending.append((trial_id, attempt, token))
+                    self.record(record.id, job["attempt"], "LOST", job.get("pid"))
 
     def record(self, trial_id: str, attempt: int, state: str, pid: int | None, **extra) -> None:
         write_json_atomic(self.run_dir(trial_id) / "local_job.json",
@@ -88,53 +99,85 @@ class Runner:
             else:
                 code, state = None, "LOST"  # adopted: its exit code went to the runner that started it
             del self.running[trial_id]
-            self.record(trial_id, child.attempt, state, child.pid, start=child.start, returncode=code, ended=time.time())
+            record = self.man.jobs[trial_id]
+            if child.warned and state != "COMPLETED":  # its time limit came: checkpointed (3) or killed
+                current = record.attempt == child.attempt and not record.cancelled
+                if code == 3 and current and child.requeues < self.max_requeues:
+                    self.running[trial_id] = self.launch(record, child.requeues + 1)  # requeued, as submitit does
+                    continue
+                state = "TIMEOUT"
+            self.record(trial_id, child.attempt, state, child.pid, start=child.start, returncode=code,
+                        ended=time.time(), requeues=child.requeues)  # fmt: skip
+
+    def police(self) -> None:
+        """Cancels (TERM, then KILL after KILL_WAIT_S) and time limits (USR2, then KILL)."""
+        now = time.monotonic()
+        for trial_id, child in self.running.items():
+            record = self.man.jobs[trial_id]
+            superseded = record.attempt > child.attempt or record.cancelled
+            if superseded and child.term_at is None:
+                child.term_at = now
+                self._signal(child, signal.SIGTERM)
+            elif child.term_at is not None and now - child.term_at > KILL_WAIT_S:
+                self._signal(child, signal.SIGKILL)
+            elif self.limit_s and now - child.started > self.limit_s:
+                self._signal(child, signal.SIGKILL)
+                child.warned = True
+            elif self.limit_s and now - child.started > self.warn_s and not child.warned:
+                child.warned = True
+                self._signal(child, signal.SIGUSR2)
+
+    def _signal(self, child: Child, sig: int) -> None:
+        if alive(child.pid, child.start):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, sig) if sig == signal.SIGKILL else os.kill(child.pid, sig)
+
+    def waiting(self) -> list[mf.TrialRecord]:
+        """Jobs queued for this runner and not started: PENDING with a local job id of their current attempt."""
+        out = []
+        for r in self.man.jobs.values():
+            if r.state != "PENDING" or r.cancelled or r.job_id != job_id(r.id, r.attempt) or (r.id, r.attempt) in self.started:
+                continue
+            if read_local_job(self.sweep_dir / r.run_dir).get("attempt", 0) >= r.attempt:
+                self.started.add((r.id, r.attempt))  # started already (another runner, or a run that ended)
+                continue
+            out.append(r)
+        return out
 
     def start_some(self) -> None:
-        """Start queued trials up to max_parallel, under the sweep lock (see the module doc)."""
-        with mf.lock(self.sweep_dir):
-            while self.pending and len(self.running) < self.max_parallel:
-                trial_id, attempt, token = self.pending.pop(0)
-                record = mf.read_state(self.sweep_dir, mf.TrialRecord(trial_id, self.sweep.jobs[trial_id].overrides,
-                                                                      self.sweep.jobs[trial_id].run_dir),
-                                       self.batch(token))  # fmt: skip
-                if record.attempt != attempt or record.cancelled or record.state not in ("PENDING", "SUBMITTING"):
-                    continue  # cancelled, or resubmitted since (a later queue line carries the new attempt)
-                self.running[trial_id] = self.launch(record)
+        """Start queued jobs up to max_parallel, under the sweep lock (see the module doc)."""
+        with sweep_lock(self.sweep_dir):
+            mf.catch_up(self.man)
+            for record in self.waiting():
+                if len(self.running) >= self.max_parallel:
+                    break
+                if record.id in self.running:
+                    continue  # its previous attempt's process is still there: it starts once that one is gone
+                self.running[record.id] = self.launch(record)
 
-    def batch(self, token: str) -> dict | None:
-        """A batch record (kept once it holds job ids: it does not change after that)."""
-        if token not in self.batches:
-            path = self.sweep_dir / mf.BATCH_DIR / f"{token}.json"
-            try:
-                data = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                return None
-            if data.get("job_ids") is None:
-                return data
-            self.batches[token] = data
-        return self.batches[token]
-
-    def launch(self, record: mf.TrialRecord) -> Child:
-        spec = trial_spec(self.sweep, record)
+    def launch(self, record: mf.TrialRecord, requeues: int = 0) -> Child:
+        spec = trial_spec(self.man, record)
         run_dir = Path(spec.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "trial.json", {"recipe": spec.recipe, "overrides": spec.overrides,
                                                    "run_dir": spec.run_dir, "early_stop": spec.early_stop,
                                                    "search_slot": spec.search_slot, "sweep_dir": spec.sweep_dir})  # fmt: skip
+        module = "launcher.search_worker" if spec.search_slot is not None else "jobs.run_trial"
         with open(run_dir / "train.log", "a") as log:  # the child keeps its own copy
-            proc = subprocess.Popen([sys.executable, "-m", "jobs.run_trial", str(run_dir / "trial.json")], stdout=log,
+            proc = subprocess.Popen([sys.executable, "-m", module, str(run_dir / "trial.json")], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={**os.environ, "FTL_LOCAL_JOB": f"local-{record.id}.{record.attempt}"})  # fmt: skip
-        child = Child(record.id, record.attempt, proc.pid, process_start(proc.pid), proc)
-        self.record(record.id, record.attempt, "RUNNING", proc.pid, start=child.start, started=time.time())
+                                    env={**os.environ, "FTL_JOB_ID": job_id(record.id, record.attempt)})  # fmt: skip
+        child = Child(record.id, record.attempt, proc.pid, process_start(proc.pid), time.monotonic(), proc, requeues)
+        self.started.add((record.id, record.attempt))
+        self.record(record.id, record.attempt, "RUNNING", proc.pid, start=child.start, started=time.time(),
+                    requeues=requeues)  # fmt: skip
         return child
 
     def idle_exit(self, runner_lock) -> bool:
         """Nothing queued or running: leave, unless a submitter queued more meanwhile (decided under its lock)."""
-        with mf.lock(self.sweep_dir):
-            self.take_new_entries()
-            if self.pending or self.running:
+        with sweep_lock(self.sweep_dir):
+            mf.catch_up(self.man)
+            if self.waiting() or self.running:
                 return False
             fcntl.flock(runner_lock, fcntl.LOCK_UN)  # from here on a submitter starts a new runner
             return True
@@ -150,10 +193,11 @@ def main(sweep_dir: str, max_parallel: int) -> int:
     idle = 0
     while True:
         runner.reap()
-        runner.take_new_entries()
-        if runner.pending and len(runner.running) < max_parallel:
+        mf.catch_up(runner.man)
+        runner.police()
+        if runner.waiting() and len(runner.running) < max_parallel:
             runner.start_some()
-        idle = 0 if runner.pending or runner.running else idle + 1
+        idle = 0 if runner.waiting() or runner.running else idle + 1
         if idle >= 3 and runner.idle_exit(runner_lock):
             return 0
         time.sleep(POLL_S)

@@ -1,33 +1,28 @@
-"""The sweep dir on disk: everything needed to leave a sweep, kill anything, and come back to it.
+"""The sweep dir on disk: what the sweep is, and every trial's state as the fold of one append-only log.
 
     SWEEP_DIR/sweep.json        what the sweep is: name, uid, recipe, sweep-wide overrides, metric, cluster (its
-                                secrets left out), early_stop and the trial table (id -> overrides). Written once,
-                                before any job is queued; the dir appears complete (it is renamed into place).
-    SWEEP_DIR/state/batches/<token>.json
-                                one submission batch (one SLURM array): its trials with their attempt numbers, in
-                                array order, written before the batch goes to the scheduler (the intent: its trials
-                                are SUBMITTING), then again with the job ids the scheduler gave (they are PENDING).
-                                One file per array, not one per trial: 100,000 trials are queued in 100 such files.
-    SWEEP_DIR/state/<id>.json   one trial's own state, once something happened to it alone: a state the scheduler
-                                reported, a result, a cancel, an adoption after a crash. It wins over its batch when
-                                its attempt is the same or newer. No file and no batch: never submitted (NEW).
-
-All of it is written temp-then-rename, and only under the sweep lock. A crash at any instant leaves each trial
-unsubmitted, submitted, or submitting (an intent with no job ids): `ftl resume` adopts or cancels what SLURM holds
-under that batch's token.
-    SWEEP_DIR/manifest.json     an index of the above (one row per trial: state, job id, metric) for people and
-                                tools, rewritten after every change; ftl itself never reads it.
+                                secrets left out), early_stop, a search's settings and the job table (id ->
+                                overrides: the trials, or a search's worker slots). Written once, before any job
+                                is queued; the dir appears complete (it is renamed into place).
+    SWEEP_DIR/events.jsonl      every change of state since, one event a line (launcher/event_log.py): a batch's
+                                intent (its trials SUBMITTING, before the scheduler hears of it), then its job ids
+                                (PENDING); a job's state as the scheduler or its run dir said; a cancel; a search
+                                trial asked, claimed, told. No event: never submitted (NEW).
+    SWEEP_DIR/sweep.lock        the lock every append happens under (launcher/sweep_lock.py: a lock file, not flock)
     SWEEP_DIR/recipe.yaml       the base recipe as resolved at submission; sweep.yaml the sweep file as read
-    SWEEP_DIR/trials/<id>/      each trial's run dir: written by its job only (config, metrics, checkpoints, result)
+    SWEEP_DIR/trials/<id>/      each trial's run dir: written by the attempt holding its lease (core/lease.py)
     SWEEP_DIR/logs/             SLURM / local runner logs
 
-Launcher commands change state files only inside `locked()`, so two commands never interleave their decisions.
+A crash at any instant leaves each trial unsubmitted, submitted, or submitting (an intent with no job ids):
+`ftl resume` adopts or cancels what SLURM holds under that batch's token. Commands that decide (sweep, resume,
+cancel, a runner starting a trial, a worker claiming one) decide under the lock on state read inside it
+(`locked`); commands that only look (status, wait, report) read without it and append what they derived in one
+short hold (`commit`), dropping what a newer event superseded meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -41,12 +36,12 @@ from typing import Any
 
 from core.errors import FtlError
 from core.fileio import write_atomic
+from launcher import event_log
+from launcher.sweep_lock import sweep_lock
 
 SWEEP = "sweep.json"
-INDEX = "manifest.json"
-STATE_DIR = "state"
-BATCH_DIR = "state/batches"
-VERSION = 2
+VERSION = 3
+SNAPSHOT_AFTER_BYTES = 1 << 20  # a reader that folded this much of the log's tail leaves a snapshot
 
 
 @dataclass
@@ -55,20 +50,30 @@ class TrialRecord:
     overrides: list[str]
     run_dir: str  # relative to the sweep dir
     state: str = "NEW"  # the last state ftl derived (launcher/states.py); NEW when never submitted
-    attempt: int = 0  # submissions so far
+    attempt: int = 0  # submissions so far (a search trial: claims so far)
     job_ids: list[str] = field(default_factory=list)  # one per submission that reached the scheduler
     token: str | None = None  # the submission batch of the current attempt (its jobs carry it in their name)
     index: int | None = None  # the trial's place in that batch (its array index)
     submitted: float | None = None  # when the current attempt was submitted (time.time())
     cancelled: bool = False  # `ftl cancel` asked for the current attempt: sticks until the next submission
     result: dict[str, Any] = field(default_factory=dict)  # the metrics of result.json, once final
+    cause: str = ""  # why the last attempt did not succeed: the error, the signal, OUT_OF_MEMORY, ...
+    failures: int = 0  # attempts that ended failed (not cancelled or preempted): max_attempts stops retries
+    number: int | None = None  # a search trial's: its Optuna number, its id in the journal, the slot running it
+    optuna_id: int | None = None
+    slot: int | None = None
 
     @property
     def job_id(self) -> str | None:
         return self.job_ids[-1] if self.job_ids else None
 
 
-STATE_KEYS = tuple(f.name for f in fields(TrialRecord) if f.name not in ("id", "overrides", "run_dir"))
+STATE_TYPES: dict[str, Any] = {
+    "state": str, "attempt": int, "job_ids": list, "token": (str, type(None)), "index": (int, type(None)),
+    "submitted": (int, float, type(None)), "cancelled": bool, "result": dict, "cause": str, "failures": int,
+    "number": (int, type(None)), "optuna_id": (int, type(None)), "slot": (int, type(None)),
+}  # fmt: skip
+STATE_KEYS = tuple(STATE_TYPES)
 
 
 @dataclass
@@ -85,27 +90,40 @@ class Manifest:
     sweep_file: str = ""
     uid: str = ""  # random, per launch: W&B group suffix and SLURM job names
     search: dict[str, Any] | None = None  # an adaptive search (launcher/search.py): its jobs are worker slots
+    max_attempts: int = 3  # a trial that failed this often is not resubmitted (a search: not adopted again)
     version: int = VERSION
     dir: Path = Path(".")
-    changed: set[str] = field(default_factory=set)  # job ids whose state must be written back
-    index_stale: bool = False  # manifest.json is behind the state files
     jobs: dict[str, TrialRecord] = field(default_factory=dict)  # what is submitted: the trials, or a search's slots
+    changed: set[str] = field(default_factory=set)  # jobs whose state must be appended
+    log: str = ""  # the id of the log folded (a repaired log has another)
+    offset: int = 0  # how far into the log this fold has read
+    line: int = 0
+    held: Any = None  # the sweep lock, while held (appends verify it)
 
     def __post_init__(self) -> None:
         self.jobs = self.jobs or self.trials
 
     def best(self) -> TrialRecord | None:
-        done = [t for t in self.trials.values() if isinstance(t.result.get(self.metric), (int, float))]
+        done = [t for t in self.trials.values() if finite(t.result.get(self.metric)) and t.state == "COMPLETED"]
         if not done:
             return None
         sign = 1 if self.mode == "max" else -1
         return max(done, key=lambda t: sign * t.result[self.metric])
 
     def update(self, record: TrialRecord, **changes: Any) -> None:
-        """Change a trial's state fields; written back when the lock is released (or by `save_states`)."""
+        """Change a job's state fields; appended when the lock is released (or by `save_states` / `commit`)."""
         for key, value in changes.items():
             setattr(record, key, value)
         self.changed.add(record.id)
+
+    def append(self, events: list[dict[str, Any]]) -> None:
+        """Append events (under the lock) and fold them into this manifest."""
+        if self.held is None:
+            raise RuntimeError("events are appended under the sweep lock (manifest.locked)")
+        self.offset = event_log.append(self.dir, events, self.held.verify)
+        for event in events:
+            self.line += 1
+            apply(self, self.line, event)
 
     @property
     def job_name(self) -> str:
@@ -113,7 +131,12 @@ class Manifest:
         return f"ftl-{self.name}-{self.uid}"
 
 
-RUNTIME_FIELDS = {"dir", "changed", "index_stale", "trials", "jobs"}  # not stored in sweep.json
+RUNTIME_FIELDS = {"dir", "changed", "trials", "jobs", "log", "offset", "line", "held"}  # not in sweep.json
+
+
+def finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite (a metric that can rank a trial)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
 
 def new_uid() -> str:
@@ -124,69 +147,118 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+# ---------------------------------------------------------------- the fold
+
+
+def _state(record: TrialRecord, data: dict[str, Any]) -> None:
+    """A job's own state (wins when its attempt is the record's or newer: an older one was superseded)."""
+    for key, kind in STATE_TYPES.items():
+        if key in data and not isinstance(data[key], kind):
+            raise ValueError(f"{key} is a {type(data[key]).__name__}")
+    if data.get("attempt", record.attempt) < record.attempt:
+        return
+    for key in STATE_KEYS:
+        if key in data:
+            setattr(record, key, data[key])
+
+
+def _batch(man: Manifest, event: dict[str, Any]) -> None:
+    """A batch's trials (in attempts not superseded) become SUBMITTING, or PENDING with their job id."""
+    job_ids, token = event["job_ids"], str(event["token"])
+    if job_ids is not None and len(job_ids) != len(event["trials"]):
+        raise ValueError("job_ids and trials differ in length")
+    for index, (trial_id, attempt) in enumerate(event["trials"]):
+        record = _job(man, trial_id)
+        if not isinstance(attempt, int) or attempt < record.attempt:
+            continue
+        record.attempt, record.token, record.index = attempt, token, index
+        record.submitted, record.cancelled, record.result, record.cause = event.get("submitted"), False, {}, ""
+        record.state = "SUBMITTING" if job_ids is None else "PENDING"
+        if job_ids is not None and record.job_id != job_ids[index]:
+            record.job_ids = [*record.job_ids, str(job_ids[index])]
+
+
+def _revert(man: Manifest, event: dict[str, Any]) -> None:
+    """A refused batch: its trials as they were before it."""
+    for trial_id, data in event["records"].items():
+        record = _job(man, trial_id)
+        if record.token == event["token"]:
+            for key in STATE_KEYS:
+                if key in data:
+                    setattr(record, key, data[key])
+
+
+def _job(man: Manifest, trial_id: str) -> TrialRecord:
+    record = man.jobs.get(trial_id)
+    if record is None:
+        raise ValueError(f"job {trial_id!r} is not in {SWEEP}")
+    return record
+
+
+def _ask(man: Manifest, event: dict[str, Any]) -> None:
+    """A search trial asked of the study by a worker slot: it runs there (attempt 1)."""
+    trial_id = str(event["id"])
+    overrides = event["overrides"]
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError("overrides are not a list of strings")
+    man.trials[trial_id] = TrialRecord(trial_id, list(overrides), f"trials/{trial_id}", "RUNNING", 1,
+                                       [str(event["job"])], submitted=float(event["t"]), number=int(event["number"]),
+                                       optuna_id=int(event["optuna_id"]), slot=int(event["slot"]))  # fmt: skip
+
+
+def _claim(man: Manifest, event: dict[str, Any]) -> None:
+    """A search trial taken again (by its own slot after a requeue, or adopted from a worker that stopped)."""
+    record = man.trials[str(event["id"])]
+    record.attempt, record.slot, record.state = int(event["attempt"]), int(event["slot"]), "RUNNING"
+    record.job_ids, record.submitted = [*record.job_ids, str(event["job"])], float(event["t"])
+
+
+def _tell(man: Manifest, event: dict[str, Any]) -> None:
+    """A search trial ended (told to the study with this state)."""
+    record = man.trials[str(event["id"])]
+    if int(event["attempt"]) >= record.attempt:
+        _state(record, {"state": str(event["state"]), "result": event.get("result") or {}, "cause": event.get("cause", "")})
+        if record.state == "FAILED":
+            record.failures += 1
+
+
+def _search(man: Manifest, event: dict[str, Any]) -> None:
+    """A search extended: its settings from now on (a new budget, more worker slots)."""
+    settings = {k: v for k, v in event.items() if k != "e"}
+    man.search = {**(man.search or {}), **settings}
+    if "max_attempts" in settings:
+        man.max_attempts = int(settings["max_attempts"])
+    for slot in range(int(man.search.get("max_parallel", 0))):
+        man.jobs.setdefault(f"w{slot}", TrialRecord(f"w{slot}", [], f"workers/w{slot}"))
+
+
+def _settings(man: Manifest, event: dict[str, Any]) -> None:
+    if "max_attempts" in event:
+        man.max_attempts = int(event["max_attempts"])
+
+
+APPLY = {"batch": _batch, "revert": _revert, "ask": _ask, "claim": _claim, "tell": _tell, "search": _search,
+         "settings": _settings, "state": lambda man, e: _state(_job(man, str(e["id"])), e)}  # fmt: skip
+
+
+def apply(man: Manifest, line: int, event: dict[str, Any]) -> None:
+    """Fold one event into the manifest; an event of the wrong shape is named as damage of its line."""
+    kind = event.get("e")
+    if kind == "log":
+        return
+    if kind not in APPLY:
+        raise event_log.damaged(man.dir, line, f"unknown event {kind!r}")
+    try:
+        APPLY[kind](man, event)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise event_log.damaged(man.dir, line, f"a {kind!r} event that is not ftl's: {type(e).__name__} {e}") from None
+
+
 # ---------------------------------------------------------------- writing
 
 
-def _write_small(path: Path, data: bytes) -> None:
-    """Temp-then-rename for many small files: no fsync per file (see `sync_dir`), no JSON pretty printing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def sync_dir(path: Path) -> None:
-    """Make the renames in a directory durable (one fsync for a whole batch of state files)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_states(man: Manifest, ids: set[str] | None = None) -> None:
-    """Write the state files of the changed trials (or of `ids`); the index follows when the lock is released."""
-    ids = set(man.changed) if ids is None else ids
-    if not ids:
-        return
-    state_dir = man.dir / STATE_DIR
-    for trial_id in ids:
-        record = man.jobs[trial_id]
-        data = {k: getattr(record, k) for k in STATE_KEYS}
-        _write_small(state_dir / f"{trial_id}.json", json.dumps(data, separators=(",", ":")).encode())
-    sync_dir(state_dir)
-    man.changed -= ids
-    man.index_stale = True
-
-
-def write_index(man: Manifest) -> None:
-    """manifest.json: the sweep and one row per trial, for people and tools (ftl reads the state files)."""
-    def rows(records: dict[str, TrialRecord]) -> dict[str, Any]:
-        return {t.id: {"state": t.state, "job_id": t.job_id, "attempt": t.attempt, "run_dir": t.run_dir,
-                       "overrides": t.overrides, man.metric: t.result.get(man.metric)} for t in records.values()}  # fmt: skip
-
-    meta = {k: v for k, v in sweep_data(man).items() if k != "trials"}
-    workers = {"workers": rows(man.jobs)} if man.search else {}
-    _write_json(man.dir / INDEX, {**meta, "trials": rows(man.trials), **workers})
-    man.index_stale = False
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Compact JSON, temp-then-rename with one fsync: for files of a 100,000-trial sweep (tens of MB)."""
-    write_atomic(path, lambda p: p.write_text(json.dumps(data, separators=(",", ":"))))
-
-
-def sweep_data(man: Manifest) -> dict[str, Any]:
-    data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in RUNTIME_FIELDS}
-    data["trials"] = {t.id: t.overrides for t in man.jobs.values()}
-    return data
-
-
 def create(sweep_dir: Path, man: Manifest, files: dict[str, str]) -> None:
-    """Write a new sweep dir complete (sweep.json, extra files, state/ and logs/) and rename it into place."""
+    """Write a new sweep dir complete (sweep.json, its log, extra files, logs/) and rename it into place."""
     sweep_dir = Path(sweep_dir)
     parent = sweep_dir.parent
     try:
@@ -196,17 +268,18 @@ def create(sweep_dir: Path, man: Manifest, files: dict[str, str]) -> None:
         raise FtlError(f"cannot create the sweep dir {sweep_dir}: {e.strerror}") from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
-        (tmp / STATE_DIR).mkdir()
+        (tmp / "state").mkdir()
         (tmp / "logs").mkdir()
         for name, text in files.items():
             (tmp / name).write_text(text)
         _write_json(tmp / SWEEP, sweep_data(man))
+        man.log = event_log.create(tmp)
         os.rename(tmp, sweep_dir)  # fails if sweep_dir appeared meanwhile: never merged into another sweep
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise FtlError(f"cannot create the sweep dir {sweep_dir}: {e.strerror or e}") from None
     man.dir = sweep_dir
-    write_index(man)
+    man.log, man.offset, man.line = event_log.read_head(sweep_dir)
 
 
 def _umask() -> int:
@@ -215,11 +288,45 @@ def _umask() -> int:
     return mask
 
 
+def _write_json(path: Path, data: Any) -> None:
+    """Compact JSON, temp-then-rename with one fsync: sweep.json of a 100,000-trial sweep is megabytes."""
+    write_atomic(path, lambda p: p.write_text(json.dumps(data, separators=(",", ":"))))
+
+
+def sweep_data(man: Manifest) -> dict[str, Any]:
+    data = {f.name: getattr(man, f.name) for f in fields(Manifest) if f.name not in RUNTIME_FIELDS}
+    data["trials"] = {t.id: t.overrides for t in man.jobs.values()}
+    return data
+
+
+def state_event(record: TrialRecord) -> dict[str, Any]:
+    return {"e": "state", "id": record.id, **{k: getattr(record, k) for k in STATE_KEYS}}
+
+
+def save_states(man: Manifest) -> None:
+    """Append the changed jobs' states (under the lock)."""
+    if man.changed:
+        ids, man.changed = sorted(man.changed), set()
+        man.append([state_event(man.jobs[i]) for i in ids if i in man.jobs])
+
+
+def write_batch(man: Manifest, token: str, trials: list[tuple[str, int]], submitted: float,
+                job_ids: list[str] | None) -> None:  # fmt: skip
+    """A batch: the intent (job_ids None), on disk before the scheduler hears of it; then its job ids."""
+    man.append([{"e": "batch", "token": token, "submitted": submitted, "trials": [list(t) for t in trials],
+                 "job_ids": job_ids}])  # fmt: skip
+
+
+def revert_batch(man: Manifest, token: str, before: dict[str, dict[str, Any]]) -> None:
+    """The scheduler refused the batch: its trials are what they were before its intent."""
+    man.append([{"e": "revert", "token": token, "records": before}])
+
+
 # ---------------------------------------------------------------- reading
 
 
 def read_sweep(sweep_dir: Path) -> Manifest:
-    """sweep.json alone: what the sweep is, every trial as NEW (the state files are not read)."""
+    """sweep.json alone: what the sweep is, every job as NEW (the log is not read)."""
     path = sweep_dir / SWEEP
     if not path.is_file():
         raise FtlError(f"{sweep_dir} is not a sweep dir (no {SWEEP}); `ftl sweep FILE` creates one")
@@ -228,111 +335,77 @@ def read_sweep(sweep_dir: Path) -> Manifest:
     return man
 
 
-def read_state(sweep_dir: Path, record: TrialRecord, batch: dict[str, Any] | None = None) -> TrialRecord:
-    """Fill one record from a batch it is in and from its own state file (where that is as new)."""
-    if batch is not None:
-        apply_batch(Manifest("", "", [], "", "", {}, None, "", {record.id: record}), batch)  # just this record
-    path = sweep_dir / STATE_DIR / f"{record.id}.json"
-    if path.is_file():
-        _apply_state(record, _load_json(path), path)
-    return record
-
-
 def read(sweep_dir: str | Path) -> Manifest:
-    """The sweep as its files say now: sweep.json, then the batches in submission order, then each trial's own
-    file where it is as new as its batch. A damaged file is one clear FtlError."""
+    """The sweep as its files say now: sweep.json, then the log (from a snapshot when one matches). A damaged
+    file is one clear FtlError naming it and its repair."""
     sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / SWEEP).is_file() and (sweep_dir / INDEX).is_file() and not (sweep_dir / STATE_DIR).is_dir():
-        return _read_v1(sweep_dir)
+    if not (sweep_dir / event_log.LOG).is_file():
+        from launcher.migrate import read_old
+
+        return read_old(sweep_dir)
     man = read_sweep(sweep_dir)
-    for batch in read_batches(sweep_dir):
-        apply_batch(man, batch)
-    state_dir = sweep_dir / STATE_DIR
-    for name in _listdir(state_dir):
-        trial_id = name.removesuffix(".json")
-        if name.startswith(".") or not name.endswith(".json") or trial_id not in man.jobs:
-            continue  # a temporary file, or not a job of this sweep: ignored
-        _apply_state(man.jobs[trial_id], _load_json(state_dir / name), state_dir / name)
-    if man.search:
-        man.trials = search_trials(man)
+    man.log, man.offset, man.line = event_log.read_head(sweep_dir)
+    snapshot = event_log.load_snapshot(sweep_dir, man.log)
+    if snapshot is not None:
+        _restore(man, snapshot)
+    start = man.offset
+    catch_up(man)
+    if man.offset - start > SNAPSHOT_AFTER_BYTES:
+        event_log.save_snapshot(sweep_dir, _snapshot(man))
     return man
 
 
-def search_trials(man: Manifest) -> dict[str, TrialRecord]:
-    """A search's trials as its workers wrote them (jobs/search_worker.py); a RUNNING one whose heartbeat stopped
-    longer ago than stale_after_s is STALLED (its worker died: another, or `ftl resume`, takes it over)."""
-    from jobs.search_worker import heartbeat_age, read_trials
+def catch_up(man: Manifest) -> set[str]:
+    """Fold what was appended since this manifest was read; returns the ids the new events touched."""
+    events, man.offset, man.line = event_log.read(man.dir, man.offset, man.line)
+    touched: set[str] = set()
+    for line, event in events:
+        apply(man, line, event)
+        if event["e"] == "batch":
+            touched.update(str(trial_id) for trial_id, _ in event["trials"])
+        elif event["e"] == "revert":
+            touched.update(event["records"])
+        elif "id" in event:
+            touched.add(str(event["id"]))
+    return touched
 
-    out = {}
-    for trial_id, data in sorted(read_trials(man.dir).items()):
-        state = data.get("state", "RUNNING")
-        if state == "RUNNING" and heartbeat_age(man.dir, trial_id) > man.search["stale_after_s"]:  # type: ignore[index]
-            state = "STALLED"
-        result = data.get("result") if isinstance(data.get("result"), dict) else {}
-        out[trial_id] = TrialRecord(trial_id, list(data["overrides"]), f"trials/{trial_id}", state,
-                                    int(data.get("attempt", 1)), [str(data.get("job", "-"))], result=result)  # fmt: skip
-    return out
+
+def _snapshot(man: Manifest) -> dict[str, Any]:
+    def compact(record: TrialRecord) -> dict[str, Any]:
+        return {k: v for k in STATE_KEYS if (v := getattr(record, k)) != getattr(EMPTY, k)}
+
+    search_trials = {t.id: {"overrides": t.overrides, **compact(t)} for t in man.trials.values()} if man.search else {}
+    return {"log": man.log, "offset": man.offset, "line": man.line, "search": man.search,
+            "max_attempts": man.max_attempts, "jobs": {t.id: compact(t) for t in man.jobs.values() if t.state != "NEW"},
+            "search_trials": search_trials}  # fmt: skip
 
 
-def _listdir(path: Path) -> list[str]:
+EMPTY = TrialRecord("", [], "")
+
+
+def _restore(man: Manifest, snapshot: dict[str, Any]) -> None:
     try:
-        return os.listdir(path)
-    except FileNotFoundError:
-        return []
-
-
-def read_batches(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every batch record, in submission order."""
-    out = []
-    for name in _listdir(sweep_dir / BATCH_DIR):
-        if name.endswith(".json") and not name.startswith("."):
-            path = sweep_dir / BATCH_DIR / name
-            data = _load_json(path)
-            ok = isinstance(data, dict) and isinstance(data.get("trials"), list) and all(
-                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)
-                for e in data["trials"]) and isinstance(data.get("job_ids"), (list, type(None)))  # fmt: skip
-            if not ok or (data["job_ids"] is not None and len(data["job_ids"]) != len(data["trials"])):
-                raise FtlError(f"{path} is damaged or not ftl's (a batch needs trials [[id, attempt], ...] and job_ids)")
-            out.append(data)
-    return sorted(out, key=lambda b: (b.get("submitted") or 0, b.get("token", "")))
-
-
-def apply_batch(man: Manifest, batch: dict[str, Any]) -> None:
-    """A batch's trials (in attempts not superseded) become SUBMITTING, or PENDING with their job id."""
-    job_ids = batch["job_ids"]
-    for index, (trial_id, attempt) in enumerate(batch["trials"]):
-        record = man.jobs.get(trial_id)
-        if record is None or attempt < record.attempt:
-            continue
-        record.attempt, record.token, record.index = attempt, batch["token"], index
-        record.submitted, record.cancelled, record.result = batch.get("submitted"), False, {}
-        record.state = "SUBMITTING" if job_ids is None else "PENDING"
-        if job_ids is not None and record.job_id != job_ids[index]:
-            record.job_ids = [*record.job_ids, job_ids[index]]
-
-
-def write_batch(man: Manifest, token: str, trials: list[tuple[str, int]], submitted: float,
-                job_ids: list[str] | None) -> None:  # fmt: skip
-    """A batch record: the intent (job_ids None), before the scheduler hears of it; then its job ids."""
-    path = man.dir / BATCH_DIR / f"{token}.json"
-    path.parent.mkdir(exist_ok=True)
-    data = {"token": token, "submitted": submitted, "trials": [list(t) for t in trials], "job_ids": job_ids}
-    _write_small(path, json.dumps(data, separators=(",", ":")).encode())
-    sync_dir(path.parent)
-
-
-def drop_batch(man: Manifest, token: str) -> None:
-    """The scheduler refused the batch: its intent goes, and its trials are what they were before."""
-    (man.dir / BATCH_DIR / f"{token}.json").unlink(missing_ok=True)
-    sync_dir(man.dir / BATCH_DIR)
+        if snapshot.get("search"):
+            _search(man, {"e": "search", **snapshot["search"]})
+        man.max_attempts = int(snapshot.get("max_attempts", man.max_attempts))
+        for trial_id, data in snapshot["jobs"].items():
+            _state(_job(man, trial_id), data)
+        for trial_id, data in snapshot.get("search_trials", {}).items():
+            man.trials[trial_id] = record = TrialRecord(trial_id, list(data["overrides"]), f"trials/{trial_id}")
+            _state(record, data)
+        man.offset, man.line = snapshot["offset"], snapshot["line"]
+    except (KeyError, TypeError, ValueError):  # not this fold's: start again from the log
+        fresh = read_sweep(man.dir)
+        man.jobs, man.trials = fresh.jobs, fresh.trials
+        man.log, man.offset, man.line = event_log.read_head(man.dir)
 
 
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FtlError(f"{path} is damaged (not JSON: {e}); restore it, or delete it if it is a state file "
-                       "(the trial then counts as never submitted: check `squeue` for its job first)") from None  # fmt: skip
+        raise FtlError(f"{path} is damaged (not JSON: {e}); restore it from a copy (it is written once, when the "
+                       "sweep is created)") from None  # fmt: skip
     except OSError as e:
         raise FtlError(f"cannot read {path}: {e.strerror}") from None
 
@@ -349,82 +422,82 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
     bad = [k for k, v in (data.get("trials") or {}).items() if not (isinstance(v, list) and all(isinstance(o, str) for o in v))]
     if bad and not problems:
         problems.append(f"trial {bad[0]}'s overrides are not a list of strings")
+    if not isinstance(data.get("search"), (dict, type(None))):
+        problems.append("'search' should be a mapping")
     if problems:
         raise FtlError(f"{path} is damaged or not ftl's: {'; '.join(problems)}")
     folder = "workers" if data.get("search") else "trials"  # a search's jobs are its worker slots
-    trials = {k: TrialRecord(k, list(v), f"{folder}/{k}") for k, v in data["trials"].items()}
+    jobs = {k: TrialRecord(k, list(v), f"{folder}/{k}") for k, v in data["trials"].items()}
     known = {f.name for f in fields(Manifest)} - RUNTIME_FIELDS
-    return Manifest(**{k: v for k, v in data.items() if k in known and k != "trials"}, trials=trials)
-
-
-def _apply_state(record: TrialRecord, data: Any, path: Path) -> None:
-    """Fill a record from its state file, checking every field's type (a foreign file is named, not trusted)."""
-    types = {"state": str, "attempt": int, "job_ids": list, "token": (str, type(None)), "index": (int, type(None)),
-             "submitted": (int, float, type(None)), "cancelled": bool, "result": dict}  # fmt: skip
-    if not isinstance(data, dict) or any(not isinstance(data.get(k, getattr(record, k)), t) for k, t in types.items()):
-        raise FtlError(f"{path} is damaged or not ftl's (unexpected fields); restore it, or delete it if the trial "
-                       "has no job in the queue (it then counts as never submitted)")  # fmt: skip
-    if data.get("attempt", 0) < record.attempt:
-        return  # an older attempt's file: a later batch superseded it
-    for key in STATE_KEYS:
-        if key in data:
-            setattr(record, key, data[key])
-
-
-def _read_v1(sweep_dir: Path) -> Manifest:
-    """A sweep dir from ftl before per-trial state files (one manifest.json): read it as the new layout."""
-    data = _load_json(sweep_dir / INDEX)
-    try:
-        rows = data.pop("trials")
-        trials = {k: TrialRecord(k, v["overrides"], v.get("run_dir", f"trials/{k}"), v.get("state", "NEW"),
-                                 len(v.get("job_ids", [])), list(v.get("job_ids", [])), result=v.get("result", {}))
-                  for k, v in rows.items()}  # fmt: skip
-        man = Manifest(**{k: data[k] for k in ("name", "recipe", "overrides", "metric", "mode", "cluster", "early_stop",
-                                                "created")}, trials=trials, sweep_file=data.get("sweep_file", ""))  # fmt: skip
-    except (KeyError, TypeError, AttributeError) as e:
-        raise FtlError(f"{sweep_dir / INDEX} is damaged or not ftl's ({type(e).__name__}: {e})") from None
-    man.dir = sweep_dir
+    man = Manifest(**{k: v for k, v in data.items() if k in known and k != "trials"}, trials=jobs)
+    if man.search:
+        man.jobs, man.trials = jobs, {}
     return man
 
 
-def rewrite_sweep(man: Manifest) -> None:
-    """sweep.json again (under the lock): only a search's budget changes this way."""
-    _write_json(man.dir / SWEEP, sweep_data(man))
-
-
-def upgrade_v1(man: Manifest) -> None:
-    """Write a v1 sweep dir in the new layout (under the lock): sweep.json and a state file per submitted trial."""
-    man.uid = man.uid or new_uid()
-    (man.dir / STATE_DIR).mkdir(exist_ok=True)
-    _write_json(man.dir / SWEEP, sweep_data(man))
-    man.changed |= {t.id for t in man.jobs.values() if t.attempt}
-
-
-@contextlib.contextmanager
-def lock(sweep_dir: Path) -> Iterator[None]:
-    """The sweep's exclusive lock: every change of state files (and the local runner's start of a trial)."""
-    with open(sweep_dir / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+# ---------------------------------------------------------------- the lock
 
 
 @contextlib.contextmanager
 def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
-    """The sweep under its lock, read fresh after the lock is taken; changed states are written back (also when
-    the block raises: what was done - a job queued - must be recorded)."""
+    """The sweep under its lock, read fresh after the lock is taken; changed states are appended on the way out
+    (also when the block raises: what was done - a job queued - must be recorded)."""
     sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / SWEEP).is_file():
-        read(sweep_dir)  # a clear error for a dir that is not a sweep (or an old one), before a lock file is made
-    with lock(sweep_dir):
+    read_sweep(sweep_dir) if not (sweep_dir / event_log.LOG).is_file() else None  # not a sweep dir: say so first
+    with sweep_lock(sweep_dir) as held:
+        if not (sweep_dir / event_log.LOG).is_file():
+            from launcher.migrate import migrate
+
+            migrate(sweep_dir, held)
         man = read(sweep_dir)
-        if not (sweep_dir / SWEEP).is_file():
-            upgrade_v1(man)
+        man.held = held
         try:
             yield man
         finally:
+            try:
+                save_states(man)
+            finally:
+                man.held = None
+
+
+def commit(man: Manifest) -> None:
+    """Append what a reader derived (status, wait) in one short hold of the lock: first fold what others appended
+    meanwhile, and drop the changes of jobs they touched (their word is newer)."""
+    if not man.changed:
+        catch_up(man)
+        mark_stalled(man)
+        return
+    with sweep_lock(man.dir) as held:
+        man.changed -= catch_up(man)
+        man.held = held
+        try:
             save_states(man)
-            if man.index_stale:
-                write_index(man)
+        finally:
+            man.held = None
+    mark_stalled(man)
+
+
+def mark_stalled(man: Manifest) -> None:
+    """A search trial RUNNING whose run dir's lease was not renewed for stale_after_s is STALLED in this view
+    (its worker died or is paused: another worker, or `ftl resume`, adopts it). Nothing is written."""
+    if not man.search:
+        return
+    for record in man.trials.values():
+        if record.state == "RUNNING" and stale_s(man, record) > man.search["stale_after_s"]:
+            record.state = "STALLED"
+
+
+def stale_s(man: Manifest, record: TrialRecord) -> float:
+    """Seconds since a running search trial's worker was last seen: its run dir lease's heartbeat, or its claim
+    (a worker takes the lease just after claiming)."""
+    from core.lease import holder
+
+    lease = holder(man.dir / record.run_dir)
+    since_claim = time.time() - (record.submitted or 0)
+    return min(lease["age_s"] if lease else float("inf"), since_claim)
+
+
+# ---------------------------------------------------------------- run dirs
 
 
 def read_trial_files(sweep_dir: Path, record: TrialRecord) -> tuple[dict, dict]:
@@ -455,6 +528,13 @@ class TrialFiles:
             present = record.run_dir != f"trials/{record.id}" or record.id in self.present
             self.cache[record.id] = read_trial_files(self.dir, record) if present else ({}, {})
         return self.cache[record.id]
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def counts(man: Manifest, records: dict[str, TrialRecord] | None = None) -> dict[str, int]:

@@ -38,7 +38,7 @@ WANDB_METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
 PRUNERS = ("asha", "hyperband", "median")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 WANDB_KEYS = {"method", "metric", "parameters", "early_terminate", "run_cap", "name", "description", "program",
-              "command", "project", "recipe", "overrides", "max_parallel", "seed", "n_trials"}  # fmt: skip
+              "command", "project", "recipe", "overrides", "max_parallel", "seed", "n_trials", "max_attempts"}  # fmt: skip
 
 
 def is_wandb(spec: dict[str, Any]) -> bool:

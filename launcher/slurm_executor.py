@@ -15,9 +15,11 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 from core.errors import FtlError
 from launcher import manifest as mf
+from launcher import states as st
 from launcher.clusters import job_environment, tasks_per_node
 from launcher.executors import Executor, TrialSpec, submission_env
 
@@ -80,8 +82,11 @@ class SlurmExecutor(Executor):
         public, _ = job_environment(c)  # the secrets go through sbatch's environment, not the script
         setup = [*c.setup, *(f"export {k}={shlex.quote(str(v))}" for k, v in public.items())]
         # one log folder per array (logs/<array id>/<job id>_<task>_log.out): not a directory per trial
+        # the task's Python starts in jobs.boot: it owns SIGTERM / USR2 from its first instruction (a preemption
+        # during start-up is a stop request, not a death)
+        python = f"{c.python or shlex.quote(sys.executable)} -m jobs.boot"
         executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%A", max_num_timeout=c.max_num_timeout,
-                                          python=c.python)  # fmt: skip
+                                          python=python)  # fmt: skip
         params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
                       mem=f"{int(c.mem_gb * 1024)}M", time=c.timeout_min, partition=c.partition,
                       array_parallelism=min(c.array_parallelism, array_size), setup=setup, job_name=job_name,
@@ -132,10 +137,11 @@ class SlurmExecutor(Executor):
         arrays = sorted({j.split("_")[0] for j in job_ids})
         found: dict[str, str] = {}
         for start in range(0, len(arrays), 1000):  # keep the command line short
-            proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(arrays[start : start + 1000])])
+            proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(arrays[start : start + 1000])])
             if proc.returncode != 0:
                 raise FtlError(f"sacct failed: {proc.stderr.strip()} (is slurmdbd up?)")
             _read_states(proc.stdout, found)
+            self.reasons.update(_exit_reasons(proc.stdout))
         for job_id in job_ids:  # an array cancelled before any task started is one record, under the bare id
             if job_id not in found and job_id.split("_")[0] in found:
                 found[job_id] = found[job_id.split("_")[0]]
@@ -155,7 +161,7 @@ class SlurmExecutor(Executor):
 def job_of(spec: TrialSpec):
     """What a SLURM task runs: one trial, or an adaptive search's worker slot."""
     from jobs.finetune import FineTuneJob
-    from jobs.search_worker import SearchWorker
+    from launcher.search_worker import SearchWorker
 
     if spec.search_slot is not None:
         return SearchWorker(spec.sweep_dir, spec.search_slot)
@@ -170,6 +176,19 @@ def _read_states(text: str, found: dict[str, str], only: set[str] | None = None)
         for task in expand_job_ids(job.strip()):  # pending tasks come folded: 17_[0-5,7%2]
             if only is None or task in only:
                 found[task] = state.strip()
+
+
+def _exit_reasons(text: str) -> dict[str, str]:
+    """{job id: 'exit code N' or 'killed by signal N'} for jobs that ended badly (sacct's ExitCode is code:signal)."""
+    out = {}
+    for line in text.splitlines():
+        job, state, code = (line.split("|") + ["", "", ""])[:3]
+        exit_code, _, sig = code.partition(":")
+        reason = f"killed by signal {sig}" if sig not in ("", "0") else f"exit code {exit_code}" if exit_code not in ("", "0") else ""
+        if reason and "." not in job:
+            for task in expand_job_ids(job.strip()):
+                out[task] = f"{st.normalise(state).lower()}, {reason}"
+    return out
 
 
 HOLD_REASONS = {"JobHeldUser": "HELD", "JobHeldAdmin": "HELD", "job requeued in held state": "REQUEUE_HOLD"}

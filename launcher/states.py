@@ -24,13 +24,16 @@ from __future__ import annotations
 
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "POWER_UP_NODE"})
 LIVE_STATES = frozenset({"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED",
-                         "UPDATE_DB"})  # fmt: skip
+                         "UPDATE_DB",
+                         "CANCELLING"})  # ftl: cancelled, its process not gone yet (it saves a checkpoint)  # fmt: skip
 HELD_STATES = frozenset({"HELD", "REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                           "DEADLINE", "PREEMPTED", "REVOKED",
                           "PRUNED",  # ftl: stopped early by the sweep's early_stop
                           "LOST"})  # ftl: the job vanished (purged from accounting, runner died) without a result  # fmt: skip
 SUCCESS_STATES = frozenset({"COMPLETED", "PRUNED"})
+# Ends that count against a trial's max_attempts: it failed or died; not cancelled, preempted or revoked by others
+FAILURE_STATES = frozenset({"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "LOST"})
 
 UNSUBMITTED_STATES = frozenset({"NEW", "DEFERRED", "SUBMITTING"})
 
@@ -65,6 +68,10 @@ def is_final(state: str) -> bool:
 
 def is_success(state: str) -> bool:
     return normalise(state) in SUCCESS_STATES
+
+
+def is_failure(state: str) -> bool:
+    return normalise(state) in FAILURE_STATES
 
 
 def needs_resume(state: str) -> bool:

@@ -31,7 +31,7 @@ from core.config import format_value
 from core.errors import FtlError, did_you_mean
 
 SWEEP_KEYS = ("recipe", "name", "overrides", "grid", "zip", "random", "seeds", "metric", "mode", "early_stop",
-              "method", "space", "n_trials", "max_parallel", "seed", "stale_after_s", "program")  # fmt: skip
+              "method", "space", "n_trials", "max_parallel", "seed", "stale_after_s", "program", "max_attempts")  # fmt: skip
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 
 
@@ -55,6 +55,7 @@ class Sweep:
     base_config: Any = None  # the recipe + sweep-wide overrides, built once by validate()
     search: dict[str, Any] | None = None  # an adaptive search (launcher/search.py); None: trials fixed up front
     notes: list[str] = field(default_factory=list)  # what was read how (a W&B file's mapping), said once
+    max_attempts: int = 3  # a trial that failed (or whose worker died) this often is not run again
 
 
 def trial_id(overrides: list[str]) -> str:
@@ -126,7 +127,7 @@ def _distribution(key: str, spec: Any, path: str):
         raise FtlError(f"{path}: random.params.{key}: {kind} needs [low, high] with low <= high ({e})") from None
 
 
-SEARCH_SETTINGS = ("n_trials", "run_cap", "max_parallel", "seed")  # sweep-level settings a command line may set
+SEARCH_SETTINGS = ("n_trials", "run_cap", "max_parallel", "seed", "max_attempts")  # sweep-level settings a command line may set
 
 
 def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sweep:
@@ -162,13 +163,17 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
         spec = {**spec, "recipe": "fine_tune"}
         notes.append("recipe fine_tune (a W&B sweep file names none: add `recipe:` to choose)")
     metric, mode = search_lib.parse_metric(spec, path)
+    max_attempts = spec.get("max_attempts", 3)
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
+        raise FtlError(f"{path}: max_attempts={max_attempts!r} must be an integer >= 1 (how often a failing trial runs)")
     if adaptive:
         search, mapped = search_lib.parse_search(spec, path)
         notes += mapped
         fixed = [*(spec.get("overrides") or []), *extra]
         trials = [Trial(f"w{i}", []) for i in range(search["max_parallel"])]
         sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed], metric,
-                      mode, search["early_stop"], trials, spec, search=search, notes=notes)  # fmt: skip
+                      mode, search["early_stop"], trials, spec, search={**search, "max_attempts": max_attempts}, notes=notes,
+                      max_attempts=max_attempts)  # fmt: skip
         validate(sweep, search_lib.corner_overrides(search["space"]))
         return sweep
     seeds = spec.get("seeds") or []
@@ -191,7 +196,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sw
         raise FtlError(f"{path}: some trials have identical overrides; remove the duplicate values")
     early = search_lib.parse_pruner(spec.get("early_stop"), path)
     sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed], metric,
-                  mode, early, trials, spec, notes=notes)  # fmt: skip
+                  mode, early, trials, spec, notes=notes, max_attempts=max_attempts)  # fmt: skip
     validate(sweep)
     return sweep
 

@@ -1,8 +1,12 @@
-"""Shared fixtures: real bundled datasets prepared once per test session, in a temporary directory."""
+"""Shared fixtures and helpers: real bundled datasets prepared once per session, the `ftl` CLI in this process
+(`ftl`) or as a real process (`run_ftl`), hand-written sweep dirs, and named fault points (core/faults.py)."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,68 @@ def stop_after(n: int):
         return calls["n"] >= n
 
     return should_stop
+
+
+@dataclass
+class Ran:
+    """What a command did: its exit code and its output (as subprocess.CompletedProcess has them)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def environment(env: dict | None):
+    """os.environ with `env` set (a value None: unset) for the block."""
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in (env or {}).items() if v is not None})
+    for k in [k for k, v in (env or {}).items() if v is None]:
+        os.environ.pop(k, None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def ftl(*args, env: dict | None = None) -> Ran:
+    """The `ftl` command line in this process (launcher.cli.main), output captured: the imports are paid once per
+    session instead of 4-5 s per command. Exit codes, signals and the quick exit are tested with `run_ftl`."""
+    from launcher.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.chdir(REPO)
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, a usage error
+            code = e.code if isinstance(e.code, int) else 2
+        finally:
+            os.chdir(cwd)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def write_sweep_dir(path: Path, man) -> Path:
+    """A sweep dir written by hand in today's layout (sweep.json, a log with each record's state): for tests of
+    readers (status, report, sync) that need no scheduler."""
+    from launcher import event_log
+    from launcher import manifest as mf
+
+    path.mkdir(parents=True, exist_ok=True)
+    for sub in ("state", "logs"):
+        (path / sub).mkdir(exist_ok=True)
+    (path / mf.SWEEP).write_text(__import__("json").dumps(mf.sweep_data(man)))
+    event_log.create(path)
+    event_log.append(path, [mf.state_event(r) for r in man.jobs.values() if r.state != "NEW" or r.attempt])
+    man.dir = path
+    return path
+
+
+def fault(*points: str) -> dict[str, str]:
+    """The environment that stops a process at named points (core/faults.py): fault("after-sbatch")."""
+    return {"FTL_FAULT": ",".join(points)}
 
 
 def run_ftl(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
