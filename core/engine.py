@@ -338,6 +338,7 @@ class FineTune:
         self.run_dir: Path = self.plan.run_dir
         if self.main and self.lease is None:  # one writer from here on (checked before every write: guard())
             self.lease = take_lease(self.run_dir)
+        self._restore_moved_aside()
         self.schedule = build_schedule(self.optimizer, cfg.schedule, self._phase_peaks(), self.net.phases,
                                        self.updates_per_epoch)  # fmt: skip
         # use_warmup: the decay grows with the updates (1 - (1 + n)^-2/3) up to ema_decay, so a run of 20 updates
@@ -489,6 +490,19 @@ class FineTune:
         release_accelerator()
 
     # ------------------------------------------------------------ pieces of the loop
+
+    def _restore_moved_aside(self) -> None:
+        """The checkpoint to resume was moved aside by a save that was killed before its replacement was in place
+        (`.old_step_N`, core/checkpoint.py): renamed back, now that this process owns the run dir."""
+        chosen = self.plan.checkpoint
+        if chosen is None or not chosen.name.startswith(".old_"):
+            return
+        restored = chosen.with_name(chosen.name.removeprefix(".old_"))
+        if self.main:
+            self.guard()
+            chosen.rename(restored)
+        self.accelerator.wait_for_everyone()
+        self.plan.checkpoint = restored
 
     def guard(self) -> None:
         """Before a durable write: LeaseLost if a newer process owns the run dir (main process; the others write

@@ -3,6 +3,7 @@
     FTL_FAULT=after-intent            kill -9 this process the first time it reaches `after-intent`
     FTL_FAULT=checkpoint-files@3      ... the third time it reaches `checkpoint-files`
     FTL_FAULT=worker-claimed:stop     SIGSTOP it there (a paused node, a hung NFS mount); SIGCONT wakes it
+    FTL_FAULT=after-intent@2:int      SIGINT (Ctrl-C) there; :term SIGTERM
     FTL_FAULT=a,b:stop                several points
 
 The points sit between the steps whose order the crash-safety guarantees depend on (intent / sbatch / record,
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import signal
 
-ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "term": signal.SIGTERM}
+ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "term": signal.SIGTERM, "int": signal.SIGINT}
 
 
 def _parse(text: str) -> dict[str, tuple[int, int]]:

@@ -12,6 +12,9 @@ from jobs import early_signals
 
 def main(argv: list[str]) -> None:
     early_signals.hold()
+    from core.faults import fault_point
+
+    fault_point("boot")  # tests: a signal that lands here, before the job's own handlers
     args = list(argv)
     if "-u" in args:  # unbuffered, as `python -u` (the flag cannot be applied after start-up)
         args.remove("-u")

@@ -31,7 +31,8 @@ STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)  # a time limit's warning (--sig
 class FineTuneJob:
     def __init__(self, recipe: str | None, overrides: list[str], run_dir: str | None = None,
                  early_stop: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-                 stop_signals: tuple[int, ...] = STOP_SIGNALS, resume_existing: bool = True, lease=None):  # fmt: skip
+                 stop_signals: tuple[int, ...] = STOP_SIGNALS, resume_existing: bool = True, lease=None,
+                 requeue: bool = True):  # fmt: skip
         self.recipe = recipe
         self.overrides = list(overrides)
         self.run_dir = run_dir
@@ -40,6 +41,7 @@ class FineTuneJob:
         self.stop_signals = stop_signals  # each asks for a checkpoint and a clean stop; SIGINT twice stops at once
         self.resume_existing = resume_existing  # a run already in run_dir is continued (a requeued trial)
         self.lease = lease  # the run dir's lease (core/lease.py), when the caller took it (a search worker)
+        self.requeue = requeue  # after USR2, submitit's requeue (a search worker requeues itself, after releasing)
         self._stop: int | None = None  # the signal that asked to stop
 
     def __call__(self) -> dict[str, Any]:
@@ -52,7 +54,8 @@ class FineTuneJob:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         previous = handlers.get(signal.SIGUSR2)
-        if result["status"] == "interrupted" and self._stop == signal.SIGUSR2 and callable(previous):
+        result["stop_signal"] = self._stop
+        if result["status"] == "interrupted" and self._stop == signal.SIGUSR2 and callable(previous) and self.requeue:
             previous(signal.SIGUSR2, None)  # submitit: checkpoint() + requeue (rank 0), then exit
             time.sleep(120)  # other ranks: wait to be ended by the requeue rather than finish as "done"
         return result  # SIGTERM (a preemption, a cancel): SLURM requeues or ends the job itself
@@ -69,7 +72,9 @@ class FineTuneJob:
             print(f"ftl: task {os.environ.get('RANK', '0')}/{os.environ.get('WORLD_SIZE', '1')} on node "
                   f"{os.environ.get('SLURMD_NODENAME', '?')}, job {job_id()}", flush=True)
         main = os.environ.get("RANK", "0") == "0"
-        if self.lease is None and self.run_dir and main:  # before anything is written there: one writer
+        if self.lease is None and self.run_dir and self.resume_existing and main:
+            # a sweep's trial (its run dir is the executor's): the lease first, so that even its failure is recorded
+            # by the newest attempt only; `ftl train` lets the engine take it once every check has passed
             self.lease = take(self.run_dir, {"job": job_id()})
         try:
             if self.config is not None:

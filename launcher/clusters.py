@@ -114,8 +114,10 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
         problems.append(f"executor={cluster.executor!r} must be local or slurm")
     if cluster.wandb_mode not in ("offline", "online", "disabled"):
         problems.append(f"wandb_mode={cluster.wandb_mode!r} must be offline, online or disabled")
-    for key in ("max_parallel", "nodes", "cpus_per_task", "timeout_min", "array_parallelism"):
-        if getattr(cluster, key) is not None and getattr(cluster, key) < 1:
+    if cluster.timeout_min is not None and cluster.timeout_min <= 0:
+        problems.append(f"timeout_min={cluster.timeout_min} must be a positive time")
+    for key in ("max_parallel", "nodes", "cpus_per_task", "array_parallelism"):
+        if getattr(cluster, key) < 1:
             problems.append(f"{key}={getattr(cluster, key)} must be >= 1")
     if cluster.gpus_per_node < 0 or cluster.max_num_timeout < 0 or cluster.signal_delay_s < 0:
         problems.append("gpus_per_node, max_num_timeout and signal_delay_s must be >= 0")
@@ -131,9 +133,10 @@ def tasks_per_node(cluster: ClusterConfig) -> int:
     return cluster.tasks_per_node or max(cluster.gpus_per_node, 1)
 
 
-def slurm_minutes(value: Any) -> int:
-    """A time limit as SLURM reads it, in whole minutes: 90 | "90" (minutes) | "90:30" (minutes:seconds) |
-    "1:00:00" (hours:minutes:seconds) | "2-12" | "2-12:30" | "2-12:30:00" (days-hours[:minutes[:seconds]])."""
+def slurm_minutes(value: Any) -> float:
+    """A time limit as SLURM reads it, in minutes (to the second: SLURM rounds up to whole minutes, the local
+    executor keeps the seconds): 90 | "90" (minutes) | "90:30" (minutes:seconds) | "1:00:00" (hours:minutes:
+    seconds) | "2-12" | "2-12:30" | "2-12:30:00" (days-hours[:minutes[:seconds]])."""
     if isinstance(value, bool):
         raise ValueError("use minutes or a SLURM time string such as 1:00:00 or 2-00:00:00")
     if isinstance(value, (int, float)):
@@ -151,7 +154,7 @@ def slurm_minutes(value: Any) -> int:
             minutes = int(a) + int(b or 0) / 60
     if minutes <= 0:
         raise ValueError("must be a positive time")
-    return math.ceil(minutes)
+    return round(minutes * 60) / 60
 
 
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")

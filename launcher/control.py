@@ -112,6 +112,7 @@ def extend_search(sweep_dir: Path, sweep: Sweep) -> Path:
         old, new = man.search, sweep.search
         if not old or not new:
             raise FtlError(f"sweep dir {sweep_dir} is not a search: continue it with `ftl resume {sweep_dir}`")
+        check_study(man)
         changed = [k.replace("_hash", "") for k in EXTEND_REFUSES if old.get(k) != new.get(k)]
         changed += [k for k in ("metric", "mode", "recipe", "overrides") if getattr(man, k) != getattr(sweep, k)]
         if changed:
@@ -185,6 +186,7 @@ def resume(sweep_dir: str | Path, max_attempts: int | None = None) -> tuple[list
             man.append([{"e": "settings", "max_attempts": max_attempts}])
         cluster = cluster_from_dict(man.cluster)
         check_secrets(cluster)
+        check_study(man)
         executor = create_executor(cluster, sweep_dir)
         executor.recover(man, cancel_orphans=True)
         executor.refresh(man, mf.TrialFiles(man))
@@ -269,8 +271,16 @@ def progress_line(man: mf.Manifest) -> str:
 
 def search_has_work(man: mf.Manifest) -> bool:
     """Trials left to ask, or a trial left unfinished by a worker that is gone."""
-    unfinished = any(t.state in ("RUNNING", "STALLED") for t in man.trials.values())
+    unfinished = any(t.state in ("RUNNING", "STALLED", "INTERRUPTED") for t in man.trials.values())
     return len(man.trials) < man.search["n_trials"] or unfinished  # type: ignore[index]
+
+
+def check_study(man: mf.Manifest) -> None:
+    """A search's study journal checked against the sweep's log before anything continues it (jobs/study.py)."""
+    if man.search:
+        from jobs.study import check_journal
+
+        check_journal(man.dir / "search" / "study.journal", len(man.trials), man.dir)
 
 
 def budget_shortfall(man: mf.Manifest) -> str:

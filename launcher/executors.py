@@ -220,6 +220,27 @@ class Executor(ABC):
                     fields["failures"] = record.failures + 1  # once per attempt: the first refresh that sees it
             if any(getattr(record, k) != v for k, v in fields.items()):
                 man.update(record, **fields)
+        if man.search:
+            release_orphans(man)
+
+
+def release_orphans(man: mf.Manifest) -> None:
+    """A search trial RUNNING under a worker job that has ended (or was replaced by a resubmission) was not
+    released by it - killed before it could say so: released now (INTERRUPTED, claimable at once by a live worker
+    instead of after stale_after_s); a death against max_attempts when that job failed. A worker still alive
+    somewhere is fenced by the next claimer's lease."""
+    slot_of = {job: slot for slot in man.jobs.values() for job in slot.job_ids}
+    for trial in man.trials.values():
+        slot = slot_of.get(trial.job_id or "")
+        if trial.state not in ("RUNNING", "STALLED") or slot is None:
+            continue
+        if slot.job_id == trial.job_id and not st.is_final(slot.state):
+            continue
+        ended = "replaced by a resubmission" if slot.job_id != trial.job_id else slot.state.lower()
+        man.later.append({"e": "tell", "id": trial.id, "attempt": trial.attempt, "state": "INTERRUPTED", "result": {},
+                          "cause": f"its worker's job {trial.job_id} ended ({ended}"
+                                   f"{': ' + slot.cause if slot.cause and slot.job_id == trial.job_id else ''})",
+                          "died": slot.job_id == trial.job_id and st.is_failure(slot.state)})  # fmt: skip
 
 
 ACCOUNTING_GRACE_S = 120  # a fresh submission may not be in sacct yet
@@ -236,7 +257,7 @@ def derive_state(record: mf.TrialRecord, job_state: str, result: dict, now: floa
     if status == "pruned":
         return "PRUNED"
     if record.cancelled:
-        return "CANCELLED" if st.phase(job_state) in ("final", "unknown") else "CANCELLING"
+        return "CANCELLING" if st.phase(job_state) == "live" else "CANCELLED"  # a process to wait for, or none
     if job_state == "UNKNOWN":
         recent = record.submitted is not None and now - record.submitted < ACCOUNTING_GRACE_S
         return record.state if recent or st.phase(record.state) == "unsubmitted" else "LOST"

@@ -1,8 +1,9 @@
 """The local executor's detached runner: `python -m launcher.local_runner SWEEP_DIR MAX_PARALLEL`.
 
-Runs the jobs queued in the sweep's log (records PENDING with a `local-` job id) as subprocesses - a trial as
-`python -m jobs.run_trial`, a search's worker slot as `python -m launcher.search_worker` - MAX_PARALLEL at a time,
-and records each in its run dir (local_job.json: attempt, state, pid + start time, exit code, requeues).
+Runs the jobs queued in the sweep's log (records PENDING with a `local-` job id) as processes forked from a server
+that imported the training stack once (launcher/job_processes.py) - a trial as `jobs.run_trial` runs it, a
+search's worker slot as `launcher.search_worker` - MAX_PARALLEL at a time, and records each in its run dir
+(local_job.json: attempt, state, pid + start time, exit code, requeues) and in logs/local_runner.log.
 
 - One runner per sweep dir: it holds `.local_runner.lock` while alive. A runner started while another is exiting
   waits for that lock instead of exiting, so queued jobs are never left without a runner.
@@ -25,18 +26,25 @@ import contextlib
 import fcntl
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from core.faults import fault_point
 from core.fileio import write_json_atomic
+from launcher import job_processes
 from launcher import manifest as mf
 from launcher.clusters import cluster_from_dict
 from launcher.executors import trial_spec
 from launcher.local_executor import RUNNER_LOCK, alive, job_id, process_start, read_local_job
 from launcher.sweep_lock import sweep_lock
+
+def say(text: str) -> None:
+    """A line in logs/local_runner.log: what was started and how it ended, with the time."""
+    print(f"ftl runner: {time.time():.3f} {text}", flush=True)
+
 
 EXIT_STATES = {0: "COMPLETED", 3: "PREEMPTED", 4: "FAILED"}  # see jobs/run_trial.py (4: fenced by a newer attempt)
 POLL_S = 0.5
@@ -50,7 +58,7 @@ class Child:
     pid: int
     start: int | None
     started: float  # time.monotonic() at start (the time limit counts from here)
-    proc: subprocess.Popen | None = None  # None: adopted from a runner that died
+    proc: Any = None  # a job process (launcher/job_processes.py: .exitcode); None: adopted from a runner that died
     requeues: int = 0
     warned: bool = False  # USR2 sent before the time limit
     term_at: float | None = None  # when SIGTERM was sent for a cancel
@@ -90,7 +98,7 @@ class Runner:
     def reap(self) -> None:
         for trial_id, child in list(self.running.items()):
             if child.proc is not None:
-                code = child.proc.poll()
+                code = child.proc.exitcode
                 if code is None:
                     continue
                 state = EXIT_STATES.get(code, "FAILED")
@@ -108,6 +116,7 @@ class Runner:
                 state = "TIMEOUT"
             self.record(trial_id, child.attempt, state, child.pid, start=child.start, returncode=code,
                         ended=time.time(), requeues=child.requeues)  # fmt: skip
+            say(f"exit {trial_id} attempt {child.attempt} pid {child.pid} code {code} {state}")
 
     def police(self) -> None:
         """Cancels (TERM, then KILL after KILL_WAIT_S) and time limits (USR2, then KILL)."""
@@ -163,24 +172,25 @@ class Runner:
                                                    "run_dir": spec.run_dir, "early_stop": spec.early_stop,
                                                    "search_slot": spec.search_slot, "sweep_dir": spec.sweep_dir})  # fmt: skip
         module = "launcher.search_worker" if spec.search_slot is not None else "jobs.run_trial"
-        with open(run_dir / "train.log", "a") as log:  # the child keeps its own copy
-            proc = subprocess.Popen([sys.executable, "-m", module, str(run_dir / "trial.json")], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    env={**os.environ, "FTL_JOB_ID": job_id(record.id, record.attempt)})  # fmt: skip
+        proc = job_processes.start(module, run_dir / "trial.json", run_dir / "train.log",
+                                   {"FTL_JOB_ID": job_id(record.id, record.attempt)})  # fmt: skip
         child = Child(record.id, record.attempt, proc.pid, process_start(proc.pid), time.monotonic(), proc, requeues)
         self.started.add((record.id, record.attempt))
+        say(f"start {record.id} attempt {record.attempt} pid {proc.pid}")
         self.record(record.id, record.attempt, "RUNNING", proc.pid, start=child.start, started=time.time(),
                     requeues=requeues)  # fmt: skip
         return child
 
     def idle_exit(self, runner_lock) -> bool:
         """Nothing queued or running: leave, unless a submitter queued more meanwhile (decided under its lock)."""
+        fault_point("runner-idle")
         with sweep_lock(self.sweep_dir):
             mf.catch_up(self.man)
             if self.waiting() or self.running:
                 return False
             fcntl.flock(runner_lock, fcntl.LOCK_UN)  # from here on a submitter starts a new runner
-            return True
+        fault_point("runner-unlocked")
+        return True
 
 
 def main(sweep_dir: str, max_parallel: int) -> int:
@@ -189,6 +199,7 @@ def main(sweep_dir: str, max_parallel: int) -> int:
     fcntl.flock(runner_lock, fcntl.LOCK_EX)  # waits for a runner that is still exiting
     write_json_atomic(sweep / "local_runner.json", {"pid": os.getpid(), "start": process_start(os.getpid()),
                                                     "started": time.time()})  # fmt: skip
+    job_processes.warm()  # the forkserver imports the training stack now, before any lock is taken
     runner = Runner(sweep, max_parallel)
     idle = 0
     while True:

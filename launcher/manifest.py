@@ -95,6 +95,7 @@ class Manifest:
     dir: Path = Path(".")
     jobs: dict[str, TrialRecord] = field(default_factory=dict)  # what is submitted: the trials, or a search's slots
     changed: set[str] = field(default_factory=set)  # jobs whose state must be appended
+    later: list[dict[str, Any]] = field(default_factory=list)  # other events derived meanwhile (appended with them)
     log: str = ""  # the id of the log folded (a repaired log has another)
     offset: int = 0  # how far into the log this fold has read
     line: int = 0
@@ -131,7 +132,7 @@ class Manifest:
         return f"ftl-{self.name}-{self.uid}"
 
 
-RUNTIME_FIELDS = {"dir", "changed", "trials", "jobs", "log", "offset", "line", "held"}  # not in sweep.json
+RUNTIME_FIELDS = {"dir", "changed", "later", "trials", "jobs", "log", "offset", "line", "held"}  # not in sweep.json
 
 
 def finite(value: Any) -> bool:
@@ -207,19 +208,22 @@ def _ask(man: Manifest, event: dict[str, Any]) -> None:
 
 
 def _claim(man: Manifest, event: dict[str, Any]) -> None:
-    """A search trial taken again (by its own slot after a requeue, or adopted from a worker that stopped)."""
+    """A search trial taken again (by its own slot after a requeue, or adopted from a worker that stopped: that
+    counts as its worker dying, against max_attempts)."""
     record = man.trials[str(event["id"])]
     record.attempt, record.slot, record.state = int(event["attempt"]), int(event["slot"]), "RUNNING"
     record.job_ids, record.submitted = [*record.job_ids, str(event["job"])], float(event["t"])
+    record.failures += bool(event.get("adopted"))
 
 
 def _tell(man: Manifest, event: dict[str, Any]) -> None:
-    """A search trial ended (told to the study with this state)."""
+    """A search trial ended (told to the study with this state), or was released: INTERRUPTED by its own worker
+    (preempted, cancelled), or by the launcher when its worker's job ended without releasing it (`died`: a death,
+    against max_attempts)."""
     record = man.trials[str(event["id"])]
     if int(event["attempt"]) >= record.attempt:
         _state(record, {"state": str(event["state"]), "result": event.get("result") or {}, "cause": event.get("cause", "")})
-        if record.state == "FAILED":
-            record.failures += 1
+        record.failures += bool(event.get("died"))
 
 
 def _search(man: Manifest, event: dict[str, Any]) -> None:
@@ -304,10 +308,10 @@ def state_event(record: TrialRecord) -> dict[str, Any]:
 
 
 def save_states(man: Manifest) -> None:
-    """Append the changed jobs' states (under the lock)."""
-    if man.changed:
-        ids, man.changed = sorted(man.changed), set()
-        man.append([state_event(man.jobs[i]) for i in ids if i in man.jobs])
+    """Append the changed jobs' states and the other derived events (under the lock)."""
+    if man.changed or man.later:
+        ids, later, man.changed, man.later = sorted(man.changed), man.later, set(), []
+        man.append([*(state_event(man.jobs[i]) for i in ids if i in man.jobs), *later])
 
 
 def write_batch(man: Manifest, token: str, trials: list[tuple[str, int]], submitted: float,
@@ -463,12 +467,14 @@ def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
 def commit(man: Manifest) -> None:
     """Append what a reader derived (status, wait) in one short hold of the lock: first fold what others appended
     meanwhile, and drop the changes of jobs they touched (their word is newer)."""
-    if not man.changed:
+    if not man.changed and not man.later:
         catch_up(man)
         mark_stalled(man)
         return
     with sweep_lock(man.dir) as held:
-        man.changed -= catch_up(man)
+        touched = catch_up(man)
+        man.changed -= touched
+        man.later = [e for e in man.later if str(e.get("id")) not in touched]
         man.held = held
         try:
             save_states(man)

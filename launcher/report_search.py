@@ -15,7 +15,10 @@ def search_figures(man: mf.Manifest) -> tuple[Any | None, Any | None, str]:
 
     from jobs.study import open_study
 
+    from jobs.study import check_journal
+
     path = man.dir / "search" / "study.journal"
+    check_journal(path, len(man.trials), man.dir)  # damage is named, not drawn around
     if not path.is_file():
         return None, None, "The search has not asked a trial yet."
     study = open_study(path, man.name, man.mode, man.search["method"], man.search["seed"])  # type: ignore[index]

@@ -38,6 +38,7 @@ from core.faults import fault_point
 from core.fileio import write_json_atomic
 from core.lease import Lease, LeaseLost, take
 from launcher import manifest as mf
+from launcher.sweep_lock import LockLost
 
 # errors after which a process's device is unusable: the worker leaves, for a fresh process (SLURM requeues it)
 STICKY_ERRORS = ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "NCCL error", "device-side assert", "illegal memory")
@@ -62,6 +63,7 @@ class SearchWorker:
         from jobs.study import check_journal, open_study
 
         sweep_dir = Path(self.sweep_dir)
+        requeue = signal.getsignal(signal.SIGUSR2)  # submitit's (under SLURM): checkpoint() + requeue, then exit
         man = mf.read(sweep_dir)
         self.sweep, s = man, man.search or {}
         check_journal(sweep_dir / "search" / "study.journal", len(man.trials), sweep_dir)
@@ -75,8 +77,10 @@ class SearchWorker:
                 print(f"ftl: slot {self.slot}: {result['error']}", flush=True)
                 continue  # another worker owns that trial now
             if result.get("status") == "interrupted":
-                self.release(sweep_dir, claim)
-                return result  # preempted: the trial resumes when this slot (or another) claims it again
+                self.release(sweep_dir, claim)  # INTERRUPTED: this slot (or another) resumes it from its checkpoint
+                if result.get("stop_signal") == signal.SIGUSR2 and callable(requeue):
+                    requeue(signal.SIGUSR2, None)  # a time limit (or USR2 preemption): requeued, after the release
+                return result
             self.tell(sweep_dir, claim, result)
             ran += 1
             if any(e in str(result.get("error", "")) for e in STICKY_ERRORS):
@@ -97,6 +101,9 @@ class SearchWorker:
     # ------------------------------------------------------------ claim, run, tell
 
     def claim(self, sweep_dir: Path) -> Claim | None:
+        return retried(lambda: self._claim(sweep_dir))
+
+    def _claim(self, sweep_dir: Path) -> Claim | None:
         with mf.locked(sweep_dir) as man:
             self.sweep = man  # the search's settings as extended so far
             s, trials = man.search or {}, sorted(man.trials.values(), key=lambda t: t.number or 0)
@@ -106,9 +113,9 @@ class SearchWorker:
             for record in mine + loose + stale:
                 if self._settled_in_study(man, record):
                     continue
-                adopted = record in stale
-                if adopted and record.failures + 1 >= man.max_attempts:
-                    self._poisoned(man, record)
+                adopted = record in stale  # its worker stopped renewing its lease: one more death
+                if record.failures + adopted >= man.max_attempts:
+                    self._poisoned(man, record, record.failures + adopted)
                     continue
                 man.append([{"e": "claim", "id": record.id, "slot": self.slot, "job": job_id(),
                              "attempt": record.attempt + 1, "t": time.time(), "adopted": adopted}])  # fmt: skip
@@ -123,15 +130,16 @@ class SearchWorker:
         from jobs.study import suggest
 
         s = man.search or {}
-        man.held.verify()  # the budget is decided under the lock: check it is still ours before asking
+        man.held.verify()  # the budget (asks in the sweep's log) is decided under the lock: still ours?
         trial = self.study.ask()
-        if trial.number >= s["n_trials"]:  # another holder asked meanwhile (a lock taken over): not run
-            self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            return None
         overrides = suggest(trial, s["space"], s["method"], s["seed"])
         trial_id = f"t{trial.number:05d}"
-        man.append([{"e": "ask", "id": trial_id, "number": trial.number, "optuna_id": trial._trial_id,
-                     "overrides": overrides, "slot": self.slot, "job": job_id(), "attempt": 1, "t": time.time()}])  # fmt: skip
+        try:
+            man.append([{"e": "ask", "id": trial_id, "number": trial.number, "optuna_id": trial._trial_id,
+                         "overrides": overrides, "slot": self.slot, "job": job_id(), "attempt": 1, "t": time.time()}])  # fmt: skip
+        except LockLost:  # an ask this worker cannot record is never run: the study hears FAIL at once
+            self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            raise
         fault_point("worker-asked")
         return self._lease(man, man.trials[trial_id])
 
@@ -154,10 +162,10 @@ class SearchWorker:
                      "cause": "" if state != "FAILED" else "told FAIL to the study by its last worker"}])  # fmt: skip
         return True
 
-    def _poisoned(self, man: mf.Manifest, record: mf.TrialRecord) -> None:
+    def _poisoned(self, man: mf.Manifest, record: mf.TrialRecord, deaths: int) -> None:
         import optuna
 
-        cause = f"its worker died or stopped {record.failures + 1} times (max_attempts {man.max_attempts})"
+        cause = f"its worker died or stopped {deaths} times (max_attempts {man.max_attempts})"
         print(f"ftl: slot {self.slot}: trial {record.id} FAILED: {cause}", flush=True)
         self.study.tell(record.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         man.append([{"e": "tell", "id": record.id, "attempt": record.attempt, "state": "FAILED", "result": {},
@@ -198,7 +206,8 @@ class SearchWorker:
         early = {"storage": str(sweep_dir / "search" / "study.journal"), "study": man.name, "metric": man.metric,
                  "mode": man.mode, "pruner": s["early_stop"], "trial_id": claim.optuna_id}  # fmt: skip
         overrides = [*tracking, *man.overrides, *claim.overrides]
-        job = FineTuneJob(str(sweep_dir / "recipe.yaml"), overrides, str(run_dir), early, lease=claim.lease)
+        job = FineTuneJob(str(sweep_dir / "recipe.yaml"), overrides, str(run_dir), early, lease=claim.lease,
+                          requeue=False)  # fmt: skip
         return job()
 
     def _program(self, sweep_dir: Path, run_dir: Path, claim: Claim) -> dict[str, Any]:
@@ -226,14 +235,17 @@ class SearchWorker:
     def tell(self, sweep_dir: Path, claim: Claim, result: dict[str, Any]) -> None:
         """The study first (skip_if_finished: told once), then the log - both only while this worker holds the
         trial's lease. NaN or infinite metrics fail the trial ("metric is nan")."""
-        import optuna
-
         metric = self.sweep.metric
         value = result.get(metric)
         state = {"completed": "COMPLETED", "pruned": "PRUNED"}.get(result.get("status", ""), "FAILED")
         cause = str(result.get("error", "")).strip().splitlines()[-1][:300] if result.get("error") else ""
         if state == "COMPLETED" and not mf.finite(value):
             state, cause = "FAILED", f"metric {metric} is {value}"
+        retried(lambda: self._tell(sweep_dir, claim, result, state, cause, value))
+
+    def _tell(self, sweep_dir: Path, claim: Claim, result: dict[str, Any], state: str, cause: str, value) -> None:
+        import optuna
+
         with mf.locked(sweep_dir) as man:
             record = man.trials.get(claim.id)
             try:
@@ -255,6 +267,9 @@ class SearchWorker:
 
     def release(self, sweep_dir: Path, claim: Claim) -> None:
         """An interrupted trial (its checkpoint saved): INTERRUPTED, for this slot (or another) to claim again."""
+        retried(lambda: self._release(sweep_dir, claim))
+
+    def _release(self, sweep_dir: Path, claim: Claim) -> None:
         with mf.locked(sweep_dir) as man:
             record = man.trials.get(claim.id)
             with contextlib.suppress(LeaseLost):
@@ -262,6 +277,18 @@ class SearchWorker:
                 if record is not None and record.attempt == claim.attempt:
                     man.append([{"e": "tell", "id": claim.id, "attempt": claim.attempt, "state": "INTERRUPTED",
                                  "result": {}, "cause": "preempted or cancelled; resumes from its checkpoint"}])  # fmt: skip
+
+
+def retried(decide, attempts: int = 20):
+    """Run a decision under the sweep lock again when the lock was lost meanwhile (this process paused past its
+    lease, or the lock file deleted): nothing of the lost attempt was written, so trying again is safe."""
+    for attempt in range(attempts):
+        try:
+            return decide()
+        except LockLost:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def leave_for_a_fresh_process(slot: int, error: str) -> None:

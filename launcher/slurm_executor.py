@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import shlex
@@ -88,7 +89,7 @@ class SlurmExecutor(Executor):
         executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%A", max_num_timeout=c.max_num_timeout,
                                           python=python)  # fmt: skip
         params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
-                      mem=f"{int(c.mem_gb * 1024)}M", time=c.timeout_min, partition=c.partition,
+                      mem=f"{int(c.mem_gb * 1024)}M", time=math.ceil(c.timeout_min or 60), partition=c.partition,
                       array_parallelism=min(c.array_parallelism, array_size), setup=setup, job_name=job_name,
                       additional_parameters=dict(c.additional_parameters), signal_delay_s=c.signal_delay_s)  # fmt: skip
         if c.gpus_per_node:

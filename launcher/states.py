@@ -26,7 +26,8 @@ PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING",
 LIVE_STATES = frozenset({"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED",
                          "UPDATE_DB",
                          "CANCELLING"})  # ftl: cancelled, its process not gone yet (it saves a checkpoint)  # fmt: skip
-HELD_STATES = frozenset({"HELD", "REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD"})
+HELD_STATES = frozenset({"HELD", "REQUEUE_HOLD", "SPECIAL_EXIT", "RESV_DEL_HOLD",
+                         "INTERRUPTED"})  # ftl: a search trial stopped with a checkpoint; a worker (or resume) takes it
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                           "DEADLINE", "PREEMPTED", "REVOKED",
                           "PRUNED",  # ftl: stopped early by the sweep's early_stop

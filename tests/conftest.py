@@ -14,6 +14,10 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "offline")
 REPO = Path(__file__).resolve().parent.parent
+# The smallest model that still runs every code path (timm's test_efficientnet: 0.1M parameters, stages for the
+# fine-tune phases), from scratch: for engine and launcher mechanics. Pretrained backbones only where weights
+# loading or transfer quality is what a test is about.
+TINY = ("model.name=test_efficientnet", "model.pretrained=null")
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +134,18 @@ def slurm():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("export SLURM_CONF="))
     os.environ["SLURM_CONF"] = conf
-    return conf
+    before = set(_queue())
+    yield conf
+    left = {j: n for j, n in _queue().items() if j not in before}
+    if left:  # tests leave the queue as they found it: what one left is cancelled here, and named
+        subprocess.run(["scancel", *left])
+        pytest.fail(f"{len(left)} jobs were left in the queue by the tests: {sorted(set(left.values()))[:5]}")
+
+
+def _queue() -> dict[str, str]:
+    """{job id: name} of every job in the controller that is not ending."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T"], capture_output=True, text=True).stdout
+    return {j: n for j, n, state in (line.split("|") for line in out.splitlines()) if state not in ("COMPLETING",)}
 
 
 def wait_for(predicate, timeout: float, what: str, every: float = 0.5):

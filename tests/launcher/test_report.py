@@ -19,7 +19,7 @@ import yaml
 from core.errors import FtlError
 from launcher import manifest as mf
 from launcher import report, wandb_report
-from tests.conftest import run_ftl
+from tests.conftest import run_ftl, write_sweep_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWarning")  # from wandb-workspaces
 PLOTS = ("curves", "params", "parallel")
@@ -59,10 +59,8 @@ def fake_sweep(tmp_path, name="t", executor="local", ran=True, specs=None, clust
     trials["e5"] = mf.TrialRecord("e5", ["optim.lr=0.5", "model.name=<vit & co>"], "trials/e5", state="DEFERRED")
     man = mf.Manifest(name, "base", [], "val_top1", "max", {"executor": executor, **(cluster or {})}, None,
                       "2026-01-02T03:04:05", trials, uid="0123abcd", dir=tmp_path)  # fmt: skip
-    (tmp_path / "state").mkdir()
-    (tmp_path / "sweep.json").write_text(json.dumps(mf.sweep_data(man)))
+    write_sweep_dir(tmp_path, man)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.01}, "tracking": {"project": "proj-x"}}))
-    mf.save_states(man, set(trials))
     if ran and "a1" in trials:
         with open(tmp_path / "trials/a1/metrics.jsonl", "a") as f:
             f.write('{"step": 12, "epo')  # a line cut short by a killed job

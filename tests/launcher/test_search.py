@@ -15,7 +15,7 @@ import yaml
 from core.errors import FtlError
 from launcher import manifest as mf
 from launcher.sweep import load_sweep
-from tests.conftest import REPO, run_ftl, wait_for
+from tests.conftest import REPO, TINY, run_ftl, wait_for
 
 
 def search_file(tmp_path: Path, name="s", program="jobs.objectives:quadratic", **spec) -> Path:
@@ -143,7 +143,7 @@ def test_local_search_asks_and_tells_each_trial_once(tmp_path):
     assert len(mf.read(out).trials) == 13 and len(journal_states(out)) == 13
     changed = search_file(tmp_path, name="s", n_trials=20, space={"optim.lr": {"loguniform": [1e-4, 1e-1]}})
     proc = run_ftl("sweep", changed, "--cluster", local_cluster(tmp_path, 3), "--out", out)
-    assert proc.returncode == 2 and "changed search space" in proc.stderr
+    assert proc.returncode == 2 and "holds a search with another space" in proc.stderr
 
 
 @pytest.mark.slow
@@ -154,16 +154,15 @@ def test_a_killed_worker_leaves_no_trial_lost_or_counted_twice(tmp_path):
     path = search_file(tmp_path, n_trials=8, max_parallel=2, stale_after_s=5, program="jobs.objectives:sleep",
                        space={"optim.lr": {"loguniform": [1e-5, 1e-1]}, "train.epochs": {"choice": [30]}})  # fmt: skip
     assert run_ftl("sweep", path, "--cluster", local_cluster(tmp_path, 2), "--out", out).returncode == 0
-    trials_dir = out / "search" / "trials"
-    first = wait_for(lambda: [json.loads(p.read_text()) for p in trials_dir.glob("*.json")], 60, "a first trial")[0]
-    pid = int(json.loads((out / "workers" / f"w{first['slot']}" / "local_job.json").read_text())["pid"])
+    first = wait_for(lambda: list(mf.read(out).trials.values()), 60, "a first trial")[0]
+    pid = int(json.loads((out / "workers" / f"w{first.slot}" / "local_job.json").read_text())["pid"])
     os.killpg(pid, signal.SIGKILL)  # the worker and its trial, mid-trial
     done = run_ftl("wait", out, "--poll", "1", timeout=300)
     man = mf.read(out)
     assert len(man.trials) == 8, man.trials.keys()
     assert len(journal_states(out)) == 8  # asked once each
-    adopted = json.loads((trials_dir / f"{first['id']}.json").read_text())
-    assert adopted["state"] == "COMPLETED" and adopted["attempt"] >= 2  # finished by another worker
+    adopted = man.trials[first.id]
+    assert adopted.state == "COMPLETED" and adopted.attempt >= 2  # finished by another worker
     assert done.returncode in (0, 1)  # the killed slot is LOST (exit 1) but every trial is done
     assert sorted(journal_states(out)) == ["COMPLETE"] * 8
 
@@ -174,7 +173,7 @@ def test_cancel_then_resume_continues_the_study(tmp_path):
     path = search_file(tmp_path, n_trials=10, max_parallel=2, stale_after_s=5, program="jobs.objectives:sleep",
                        space={"optim.lr": {"loguniform": [1e-5, 1e-1]}, "train.epochs": {"choice": [20]}})  # fmt: skip
     assert run_ftl("sweep", path, "--cluster", local_cluster(tmp_path, 2), "--out", out).returncode == 0
-    wait_for(lambda: len(list((out / "search" / "trials").glob("*.json"))) >= 3, 60, "three trials")
+    wait_for(lambda: len(mf.read(out).trials) >= 3, 60, "three trials")
     assert "cancelled" in run_ftl("cancel", out).stdout
     time.sleep(1)
     asked = len(mf.read(out).trials)
@@ -195,15 +194,17 @@ def test_a_refresh_never_shows_a_trial_older_than_its_worker(tmp_path):
     path = search_file(tmp_path, n_trials=2, max_parallel=1)
     assert run_ftl("sweep", path, "--cluster", local_cluster(tmp_path, 1), "--out", out).returncode == 0
     assert run_ftl("wait", out, "--poll", "0.5", timeout=120).returncode == 0
-    told = out / "search" / "trials" / "t00001.json"
-    final = told.read_text()
-    told.write_text(json.dumps({**json.loads(final), "state": "RUNNING"}))  # as the lock read it, mid-tell
-    with mf.locked(out) as man:
-        assert man.trials["t00001"].state == "RUNNING"
-        told.write_text(final)  # the worker tells the trial, writes its result and exits
-        executor_for(man).refresh(man, mf.TrialFiles(man))
-        assert {t.state for t in man.jobs.values()} == {"COMPLETED"}
-        assert man.trials["t00001"].state == "COMPLETED"
+    log = out / "events.jsonl"
+    full = log.read_bytes()
+    told_at = full.index(b'{"e":"tell","id":"t00001"')
+    log.write_bytes(full[:told_at])  # the log as the command read it, just before the worker's tell
+    man = mf.read(out)
+    assert man.trials["t00001"].state == "RUNNING"
+    log.write_bytes(full)  # the worker tells the trial, writes its result and exits
+    executor_for(man).refresh(man, mf.TrialFiles(man))
+    mf.commit(man)  # what `ftl status` / `wait` do after asking the scheduler: the newer events are folded too
+    assert {t.state for t in man.jobs.values()} == {"COMPLETED"}
+    assert man.trials["t00001"].state == "COMPLETED"
 
 
 # ---------------------------------------------------------------- on SLURM
@@ -218,8 +219,9 @@ def test_tpe_with_asha_on_slurm_from_a_wandb_file_survives_preemption_and_cancel
     path = tmp_path / "wandb.yaml"
     path.write_text(yaml.safe_dump({
         "method": "bayes", "metric": {"name": "val_top1", "goal": "maximize"}, "run_cap": 4, "max_parallel": 2,
+        "overrides": list(TINY),  # ftl's own key beside W&B's: the smallest model
         "parameters": {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-                       "epochs": {"value": 3}, "data.train_dir": {"value": str(lfw / "train")},
+                       "epochs": {"value": 12}, "data.train_dir": {"value": str(lfw / "train")},
                        "data.val_dir": {"value": str(lfw / "val")}, "data.image_size": {"value": 32},
                        "data.num_workers": {"value": 0}, "train.checkpoint_every_steps": {"value": 2}},
         "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3}}))  # fmt: skip
@@ -228,9 +230,13 @@ def test_tpe_with_asha_on_slurm_from_a_wandb_file_survives_preemption_and_cancel
     out = tmp_path / "sw"
     proc = run_ftl("sweep", path, "--cluster", tmp_path / "c.yaml", "--out", out)
     assert proc.returncode == 0 and "method bayes -> tpe" in proc.stdout, proc.stderr
-    ckpt = wait_for(lambda: list(out.glob("trials/t*/checkpoints/step_*/trainer.json")), 300, "a trial's checkpoint")
-    victim_trial = ckpt[0].parts[-4]
-    slot = json.loads((out / "search" / "trials" / f"{victim_trial}.json").read_text())["slot"]
+    def running_with_a_checkpoint() -> list[str]:
+        man = mf.read(out)
+        return [t.id for t in man.trials.values() if t.state == "RUNNING"
+                and list((out / t.run_dir / "checkpoints").glob("step_*/trainer.json"))]  # fmt: skip
+
+    victim_trial = wait_for(running_with_a_checkpoint, 300, "a running trial with a checkpoint")[0]
+    slot = mf.read(out).trials[victim_trial].slot
     victim_job = mf.read(out).jobs[f"w{slot}"].job_id
     subprocess.run(["scancel", "--signal=USR2", victim_job], check=True)
     done = run_ftl("wait", out, "--poll", "2", timeout=900)
@@ -239,7 +245,7 @@ def test_tpe_with_asha_on_slurm_from_a_wandb_file_survives_preemption_and_cancel
     assert len(man.trials) == 4 and sorted(journal_states(out)) == sorted(
         "COMPLETE" if t.state == "COMPLETED" else "PRUNED" for t in man.trials.values())  # fmt: skip
     log = "".join(p.read_text() for p in out.glob("logs/*/*_log.out"))
-    assert f"trial {victim_trial}" in log and "(resuming step_" in log  # the preempted trial went on exactly
+    assert f"trial {victim_trial} attempt 2" in log and "(resuming step_" in log  # the preempted trial went on exactly
     # more budget, then a cancel mid-search and a resume: the same study
     more = run_ftl("sweep", path, "run_cap=6", "--cluster", tmp_path / "c.yaml", "--out", out)
     assert more.returncode == 0, more.stderr

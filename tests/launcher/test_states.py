@@ -49,6 +49,9 @@ def test_derived_state_prefers_the_run_dirs_result_then_a_cancel_then_the_job():
     assert derive_state(record(cancelled=True), "COMPLETED", {"status": "completed"}, now) == "COMPLETED"
     assert derive_state(record(), "CANCELLED", {"status": "pruned"}, now) == "PRUNED"
     assert derive_state(record(cancelled=True), "REQUEUED", {}, now) == "CANCELLED"  # cancel sticks
+    for live in ("RUNNING", "COMPLETING", "SUSPENDED"):  # cancelled, its process still there (saving, in KillWait)
+        assert derive_state(record(cancelled=True), live, {}, now) == "CANCELLING"
+    assert derive_state(record(), "COMPLETED", {"status": "completed", "val_top1": float("nan")}, now, "val_top1") == "FAILED"
     assert derive_state(record(), "COMPLETED", {}, now) == "FAILED"  # the job ended, the training did not
     assert derive_state(record(), "COMPLETED", {"status": "interrupted"}, now) == "PREEMPTED"
     assert derive_state(record(), "CANCELLED by 0", {}, now) == "CANCELLED"

@@ -26,6 +26,7 @@ import yaml
 from core.errors import FtlError
 from core.tracking import WandbTracker, run_name, sweep_group
 from launcher import manifest as mf
+from tests.conftest import write_sweep_dir
 from launcher import wandb_report, wandb_sync
 
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWarning")  # from wandb-workspaces
@@ -122,9 +123,7 @@ def write_sweep(root: Path, name: str = "grid", uid: str = "0123abcd", wandb_run
         trials[tid] = rec
     man = mf.Manifest(name, "base", [], "val_top1", "max", {"executor": "local"}, None, "2026-01-02T03:04:05", trials,
                       uid=uid, dir=root)  # fmt: skip
-    (root / "state").mkdir()
-    (root / "sweep.json").write_text(json.dumps(mf.sweep_data(man)))
-    mf.save_states(man, set(trials))
+    write_sweep_dir(root, man)
     return root
 
 
