@@ -116,10 +116,10 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainerState, keep: int, 
             write_json_atomic(tmp / "trainer.json", {"format": CHECKPOINT_FORMAT, "world_size": accelerator.num_processes,
                                                      "state": asdict(state), "files": files})  # fmt: skip
             _sync(tmp)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError of its stream
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
+        if disk_full(root, e):
             kept = sorted(p.name for p in root.glob("step_*"))
             raise FtlError(f"no space left on the device of {root} ({shutil.disk_usage(root).free / 2**20:.0f} MiB "
                            f"free) while saving step {state.global_step}: the checkpoints before it are intact "
@@ -135,6 +135,17 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainerState, keep: int, 
             shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def disk_full(folder: Path, error: BaseException) -> bool:
+    """Whether a failed write failed for lack of space: ENOSPC / EDQUOT, or (torch's writer hides the errno) an
+    error while less than 64 MiB are left."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -486,6 +486,8 @@ class FineTune:
         return self._finish(status, metrics)
 
     def cleanup(self) -> None:
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()  # a run that failed must not keep metrics.jsonl open
         self.accelerator.end_training()
         release_accelerator()
 

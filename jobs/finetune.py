@@ -58,7 +58,9 @@ class FineTuneJob:
         if result["status"] == "interrupted" and self._stop == signal.SIGUSR2 and callable(previous) and self.requeue:
             previous(signal.SIGUSR2, None)  # submitit: checkpoint() + requeue (rank 0), then exit
             time.sleep(120)  # other ranks: wait to be ended by the requeue rather than finish as "done"
-        return result  # SIGTERM (a preemption, a cancel): SLURM requeues or ends the job itself
+        if result["status"] == "interrupted" and self._stop == signal.SIGTERM and self.requeue:
+            wait_to_be_ended()
+        return result
 
     def _run(self) -> dict[str, Any]:
         from core import config as config_lib
@@ -129,6 +131,22 @@ class FineTuneJob:
         return submitit.helpers.DelayedSubmission(
             FineTuneJob(self.recipe, self.overrides, self.run_dir, self.early_stop, self.config)
         )
+
+
+END_WAIT_S = 600
+
+
+def wait_to_be_ended() -> None:
+    """After SIGTERM under SLURM (a preemption, a cancel) and a saved checkpoint: keep the allocation until SLURM
+    ends the job - it kills it at the end of GraceTime (preemption: then requeues it, PreemptMode=REQUEUE) or
+    KillWait (a cancel). A job that exits by itself counts as completed and is not requeued. Locally: return."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return
+    print("ftl: checkpoint saved after SIGTERM; waiting for SLURM to end the job (it requeues a preempted job)",
+          flush=True)  # fmt: skip
+    deadline = time.monotonic() + END_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(1)
 
 
 def job_id() -> str | None:

@@ -80,6 +80,10 @@ class SearchWorker:
                 self.release(sweep_dir, claim)  # INTERRUPTED: this slot (or another) resumes it from its checkpoint
                 if result.get("stop_signal") == signal.SIGUSR2 and callable(requeue):
                     requeue(signal.SIGUSR2, None)  # a time limit (or USR2 preemption): requeued, after the release
+                if result.get("stop_signal") == signal.SIGTERM:
+                    from jobs.finetune import wait_to_be_ended
+
+                    wait_to_be_ended()  # a preemption: SLURM requeues the slot once it has ended it
                 return result
             self.tell(sweep_dir, claim, result)
             ran += 1

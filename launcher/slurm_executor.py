@@ -147,10 +147,12 @@ class SlurmExecutor(Executor):
             if job_id not in found and job_id.split("_")[0] in found:
                 found[job_id] = found[job_id.split("_")[0]]
         missing = [j for j in job_ids if j not in found]
-        if missing or any(s.startswith("PENDING") for s in found.values()):
-            # the controller knows what accounting does not: jobs purged from it (or not yet in it), and holds
+        coming_back = [j for j, s in found.items() if st.normalise(s) in REQUEUED_AFTER]
+        if missing or coming_back or any(s.startswith("PENDING") for s in found.values()):
+            # the controller knows what accounting does not: jobs purged from it (or not yet in it), holds, and a
+            # job preempted (or whose node failed) that it is requeueing - accounting already says PREEMPTED
             queue = _run(["squeue", "-h", "-o", "%i|%T|%r", "-u", str(os.getuid())]).stdout
-            _read_states(queue, found, only=set(missing))
+            _read_states(queue, found, only={*missing, *coming_back})
             _read_holds(queue, found)
         return {j: found.get(j, "UNKNOWN") for j in job_ids}
 
@@ -190,6 +192,9 @@ def _exit_reasons(text: str) -> dict[str, str]:
             for task in expand_job_ids(job.strip()):
                 out[task] = f"{st.normalise(state).lower()}, {reason}"
     return out
+
+
+REQUEUED_AFTER = frozenset({"PREEMPTED", "NODE_FAIL"})  # final in accounting, but SLURM may requeue the job
 
 
 HOLD_REASONS = {"JobHeldUser": "HELD", "JobHeldAdmin": "HELD", "job requeued in held state": "REQUEUE_HOLD"}

@@ -36,9 +36,14 @@ def fmnist(tmp_path_factory) -> Path:
     return bundled.prepare("fashion-mnist", tmp_path_factory.mktemp("data") / "fmnist", per_class=30, val_per_class=10)
 
 
+MOBILENET = {"model.name": "mobilenetv2_100", "model.pretrained": "mobilenetv2_100.tv_in1k"}  # ImageNet weights
+
+
 def lfw_overrides(lfw: Path, **extra) -> list[str]:
+    """A small run on lfw with the tiny model (TINY); MOBILENET in `extra` where pretrained weights matter."""
     base = {"data.train_dir": lfw / "train", "data.val_dir": lfw / "val", "data.image_size": 64,
-            "data.batch_size": 16, "data.num_workers": 0, "train.epochs": 2, "train.log_every_steps": 1}  # fmt: skip
+            "data.batch_size": 16, "data.num_workers": 0, "train.epochs": 2, "train.log_every_steps": 1,
+            **dict(o.split("=", 1) for o in TINY)}  # fmt: skip
     return [f"{k}={v}" for k, v in {**base, **extra}.items()]
 
 
@@ -136,7 +141,11 @@ def slurm():
     os.environ["SLURM_CONF"] = conf
     before = set(_queue())
     yield conf
-    left = {j: n for j, n in _queue().items() if j not in before}
+    import time
+
+    deadline = time.monotonic() + 30  # a finished trial's job may still be exiting
+    while (left := {j: n for j, n in _queue().items() if j not in before}) and time.monotonic() < deadline:
+        time.sleep(1)
     if left:  # tests leave the queue as they found it: what one left is cancelled here, and named
         subprocess.run(["scancel", *left])
         pytest.fail(f"{len(left)} jobs were left in the queue by the tests: {sorted(set(left.values()))[:5]}")

@@ -67,4 +67,4 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_one_before_survives
         done = engine.fit(config.load("base", longer))
         assert done["status"] == "completed" and done["global_step"] == 10
     finally:
-        subprocess.run(["umount", str(mount)])
+        subprocess.run(["umount", "-l", str(mount)])

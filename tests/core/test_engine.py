@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from core import config, engine
 from core.errors import FtlError
 from core.tracking import read_jsonl
-from tests.conftest import lfw_overrides, stop_after
+from tests.conftest import MOBILENET, lfw_overrides, stop_after
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_pretrained_beats_scratch_on_lfw(lfw, tmp_path):
     """40 training images, 96 px, 8 epochs: ImageNet MobileNetV2 must beat the same net from scratch by >= 0.2."""
     common = lfw_overrides(lfw, **{"data.image_size": 96, "train.epochs": 8, "data.batch_size": 8,
-                                   "optim.lr": 1e-3, "augment.scale": "[0.7,1.0]"})  # fmt: skip
+                                   "optim.lr": 1e-3, "augment.scale": "[0.7,1.0]", **MOBILENET})  # fmt: skip
     pre = engine.fit(config.load("base", common), tmp_path / "pre")
     scratch = engine.fit(config.load("base", [*common, "model.pretrained=null"]), tmp_path / "scratch")
     print(f"pretrained {pre['val_top1']:.3f} vs scratch {scratch['val_top1']:.3f}")
@@ -36,7 +36,7 @@ def test_run_dir_contents_and_export_reused_as_pretrained(lfw, tmp_path):
     assert [r["epoch"] for r in epochs] == [1, 2] and all({"val_loss", "val_top5"} <= r.keys() for r in epochs)
     assert json.loads((run / "result.json").read_text())["val_top1"] == result["val_top1"]
     meta = json.loads((run / "export" / "model.json").read_text())
-    assert meta["classes"] == ["face", "non_face"] and meta["model"] == "mobilenetv2_100"
+    assert meta["classes"] == ["face", "non_face"] and meta["model"] == "test_efficientnet"
     assert len(list((run / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints=2
 
     exported = load_file(str(run / "export" / "best.safetensors"))
@@ -44,7 +44,7 @@ def test_run_dir_contents_and_export_reused_as_pretrained(lfw, tmp_path):
     engine.fit(again, tmp_path / "b")
     start = load_file(str(tmp_path / "b" / "export" / "last.safetensors"))
     assert start["conv_stem.weight"].shape == exported["conv_stem.weight"].shape
-    with pytest.raises(FtlError, match="was trained as model.name=mobilenetv2_100"):
+    with pytest.raises(FtlError, match="was trained as model.name=test_efficientnet"):
         engine.fit(config.load("base", lfw_overrides(lfw, **{"model.pretrained": run, "model.name": "resnet18"})))
 
 

@@ -113,7 +113,7 @@ def test_resume_takes_the_runs_config_and_refuses_changes_that_make_another_run(
     engine.fit(config.load("base", over(lfw, **{"optim.lr": 3e-3})), run, should_stop=stop_after(2))
     cfg = resume_config(str(run), None, [f"resume={run}", "data.num_workers=1", "train.log_every_steps=5"])
     assert cfg.optim.lr == 3e-3 and cfg.data.num_workers == 1  # the run's own lr, without retyping it
-    for change in ("train.epochs=3", "model.pretrained=null", "train.seed=1", "data.image_size=48"):
+    for change in ("train.epochs=3", "model.head_dropout=0.5", "train.seed=1", "data.image_size=48"):
         with pytest.raises(FtlError, match=f"would change what the run is: {change.split('=')[0]}"):
             resume_config(str(run), None, [f"resume={run}", change])
     with pytest.raises(FtlError, match="optim.lr: 0.003 in the run, 0.001 now"):

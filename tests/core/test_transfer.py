@@ -13,7 +13,7 @@ from PIL import Image
 from core import config, engine
 from core.config import AugmentConfig
 from core.errors import FtlError
-from tests.conftest import lfw_overrides, run_ftl
+from tests.conftest import MOBILENET, lfw_overrides, run_ftl
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
@@ -229,7 +229,7 @@ def test_auto_finds_each_phases_lr_as_it_starts_and_resumes_exactly(lfw, tmp_pat
 
     from tests.conftest import stop_after
 
-    over = lfw_overrides(lfw, **{"optim.lr": "auto", "lr_find.num_steps": 12, "data.batch_size": 8, "train.epochs": 3,
+    over = lfw_overrides(lfw, **{**MOBILENET, "optim.lr": "auto", "lr_find.num_steps": 12, "data.batch_size": 8, "train.epochs": 3,
                                  "data.image_size": 32, "train.deterministic": "true"})  # fmt: skip
     full = engine.fit(config.load("fine_tune", over), tmp_path / "full")
     one, two = (json.loads((tmp_path / "full" / f).read_text()) for f in ("lr_find.json", "lr_find_phase2.json"))
@@ -255,7 +255,7 @@ def test_auto_finds_each_phases_lr_as_it_starts_and_resumes_exactly(lfw, tmp_pat
 
 
 def test_auto_with_one_test_for_every_phase(lfw, tmp_path):
-    over = lfw_overrides(lfw, **{"optim.lr": "auto", "lr_find.num_steps": 12, "lr_find.each_phase": "false",
+    over = lfw_overrides(lfw, **{**MOBILENET, "optim.lr": "auto", "lr_find.num_steps": 12, "lr_find.each_phase": "false",
                                  "data.batch_size": 8, "train.epochs": 2, "data.image_size": 32})  # fmt: skip
     engine.fit(config.load("fine_tune", over), tmp_path / "r")
     assert [p.name for p in tmp_path.joinpath("r").glob("lr_find*.json")] == ["lr_find.json"]
@@ -288,7 +288,7 @@ def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
 @pytest.mark.slow
 def test_ema_validates_close_to_the_live_weights_on_a_short_run(lfw, tmp_path):
     """16 updates at decay 0.998: without warm-up the EMA keeps 97% of the start (a random head: near chance)."""
-    over = lfw_overrides(lfw, **{"train.ema": "true", "train.ema_decay": 0.998, "data.batch_size": 10,
+    over = lfw_overrides(lfw, **{**MOBILENET, "train.ema": "true", "train.ema_decay": 0.998, "data.batch_size": 10,
                                  "data.image_size": 48, "optim.lr": 3e-3, "train.epochs": 4})  # fmt: skip
     result = engine.fit(config.load("base", over), tmp_path / "r")
     print(result["val_top1"], result["val_ema_top1"])

@@ -69,7 +69,7 @@ def test_weights_that_do_not_fit(lfw, tmp_path):
     import torch
 
     torch.save(timm.create_model("mobilenetv2_050").state_dict(), tmp_path / "w.pth")
-    proc = run_ftl("train", "base", *lfw_overrides(lfw, **{"model.pretrained": tmp_path / "w.pth"}),
+    proc = run_ftl("train", "base", *lfw_overrides(lfw, **{"model.name": "mobilenetv2_100", "model.pretrained": tmp_path / "w.pth"}),
                    "--run-dir", tmp_path / "run")  # fmt: skip
     assert_one_line_error(proc, r"w.pth: 'conv_stem.weight' has shape \(16, 3, 3, 3\) but mobilenetv2_100 needs")
     assert not (tmp_path / "run").exists()

@@ -154,4 +154,4 @@ def test_a_full_disk_is_one_line_and_nothing_half_written(tmp_path):
                 man.append([{"e": "state", "id": "t0", "state": "X" * 20000}])
         assert mf.read(sweep).trials["t0"].state == "NEW"  # nothing half-written: the log still reads
     finally:
-        subprocess.run(["umount", str(mount)])
+        subprocess.run(["umount", "-l", str(mount)])

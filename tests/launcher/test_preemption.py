@@ -54,12 +54,14 @@ def test_a_trial_preempted_by_a_higher_priority_partition_resumes_bit_equal(slur
     high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "n1", "--exclusive", "-J", "ftl-test-high",
                            "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     try:
-        wait_for(lambda: "PREEMPTED" in sacct_states(trial.job_id) or "REQUEUED" in sacct_states(trial.job_id)
-                 or "checkpoint saved" in _log(victim), 120, "the trial to be preempted")  # fmt: skip
-        assert ftl("wait", victim, "--poll", "0.5").returncode == 0
+        wait_for(lambda: "checkpoint saved" in _log(victim), 120, "the trial to be preempted")
+        done = ftl("wait", victim, "--poll", "0.5")
+        assert done.returncode == 0, done.stdout + done.stderr
         assert ftl("wait", reference, "--poll", "0.5").returncode == 0
     finally:
         subprocess.run(["scancel", high])
+        ftl("cancel", victim)
+        ftl("cancel", reference)
     log = _log(victim)
     assert "checkpoint saved" in log and "(resuming step_" in log, log[-3000:]
     a, b = exported(victim), exported(reference)
@@ -80,24 +82,24 @@ def test_a_stop_signal_during_start_up_requeues_instead_of_failing(slurm, lfw, t
                cluster(tmp_path, "c", setup=setup)).returncode == 0  # fmt: skip
     trial = next(iter(mf.read(out).trials.values()))
     wait_for(lambda: "1 running" in ftl("status", out).stdout, 120, "the job to start")
-    wait_for(lambda: _stopped(trial.job_id), 60, "the job's Python to stop at boot")
-    subprocess.run(["scancel", "--signal=USR2", trial.job_id], check=True)
-    subprocess.run(["scancel", "--signal=CONT", trial.job_id], check=True)
-    done = ftl("wait", out, "--poll", "0.5")
+    wait_for(lambda: _stopped(out), 60, "the job's Python to stop at boot")
+    try:
+        subprocess.run(["scancel", "--signal=USR2", trial.job_id], check=True)
+        subprocess.run(["scancel", "--signal=CONT", trial.job_id], check=True)
+        done = ftl("wait", out, "--poll", "0.5")
+    finally:
+        ftl("cancel", out)
     assert done.returncode == 0 and "1 completed" in done.stdout, done.stdout + done.stderr
     log = _log(out)
     assert "Requeued job" in log and "(resuming step_" in log, log[-3000:]  # submitit requeued; it went on
 
 
-def _stopped(job_id: str) -> bool:
-    """The job's python process is in state T (stopped) on this host."""
-    pids = subprocess.run(["pgrep", "-f", "jobs.boot"], capture_output=True, text=True).stdout.split()
-    for pid in pids:
+def _stopped(sweep_dir) -> bool:
+    """The sweep's job Python (its command line names the sweep's log folder) is stopped (state T) on this host."""
+    for pid in subprocess.run(["pgrep", "-f", f"jobs.boot .*{sweep_dir}"], capture_output=True, text=True).stdout.split():
         try:
-            stat = open(f"/proc/{pid}/stat").read()
-            env = open(f"/proc/{pid}/environ", "rb").read()
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
+                return True
         except OSError:
             continue
-        if stat.rsplit(")", 1)[1].split()[0] == "T" and f"SLURM_ARRAY_JOB_ID={job_id.split('_')[0]}".encode() in env:
-            return True
     return False
