@@ -2,7 +2,8 @@
 
 A trial's process used to pay ~5 s importing torch, timm and accelerate before its first step - most of a small
 trial's wall time on a laptop or a 2-core VM. The runner starts jobs through a multiprocessing forkserver instead:
-one process imports `PRELOAD` once (never running a tensor op or touching CUDA, so forking it is safe) and forks a
+one process imports the training stack once (never running a tensor op or touching CUDA, so forking it is safe: see
+`preload`) and forks a
 child per job in ~0.1 s. Each child is what `python -m jobs.run_trial SPEC` (or `launcher.search_worker`) would be:
 its own session (a Ctrl-C of the runner does not reach it), its output in the job's train.log, its own environment
 (FTL_JOB_ID), the stop signals held from its first instruction, and the same exit codes. It survives the runner
@@ -16,15 +17,21 @@ import os
 import sys
 from pathlib import Path
 
-PRELOAD = ["jobs.run_trial", "jobs.finetune", "core.engine", "launcher.search_worker"]
+TRAINING = ["jobs.run_trial", "jobs.finetune", "core.engine", "launcher.search_worker"]  # torch, timm, accelerate
 _context = None
 
 
-def _ctx():
+def preload(program: str | None) -> list[str]:
+    """What the server imports: the training stack, or - for a search whose trials are a `program` (a function of
+    their parameters) - only the worker and that program's module (no torch to wait for)."""
+    return ["launcher.search_worker", program.partition(":")[0]] if program else TRAINING
+
+
+def _ctx(modules: list[str] | None = None):
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(PRELOAD)
+        _context.set_forkserver_preload(modules or TRAINING)
     return _context
 
 
@@ -64,9 +71,9 @@ def _ready() -> None:
     """Nothing: a first job process, so that the server has imported PRELOAD before anyone waits on it."""
 
 
-def warm() -> None:
-    """Start the server now and wait for its imports (~5 s once per runner), outside any lock."""
-    process = _ctx().Process(target=_ready)
+def warm(modules: list[str]) -> None:
+    """Start the server now and wait for its imports (~5 s once per runner for training), outside any lock."""
+    process = _ctx(modules).Process(target=_ready)
     process.start()
     process.join()
 

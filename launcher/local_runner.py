@@ -199,8 +199,8 @@ def main(sweep_dir: str, max_parallel: int) -> int:
     fcntl.flock(runner_lock, fcntl.LOCK_EX)  # waits for a runner that is still exiting
     write_json_atomic(sweep / "local_runner.json", {"pid": os.getpid(), "start": process_start(os.getpid()),
                                                     "started": time.time()})  # fmt: skip
-    job_processes.warm()  # the forkserver imports the training stack now, before any lock is taken
     runner = Runner(sweep, max_parallel)
+    job_processes.warm(job_processes.preload((runner.man.search or {}).get("program")))  # before any lock
     idle = 0
     while True:
         runner.reap()

@@ -283,16 +283,18 @@ class SearchWorker:
                                  "result": {}, "cause": "preempted or cancelled; resumes from its checkpoint"}])  # fmt: skip
 
 
-def retried(decide, attempts: int = 20):
+def retried(decide, give_up_s: float = 60.0):
     """Run a decision under the sweep lock again when the lock was lost meanwhile (this process paused past its
     lease, or the lock file deleted): nothing of the lost attempt was written, so trying again is safe."""
-    for attempt in range(attempts):
+    deadline, wait = time.monotonic() + give_up_s, 0.02
+    while True:
         try:
             return decide()
         except LockLost:
-            if attempt == attempts - 1:
+            if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05 * (attempt + 1))
+            time.sleep(wait)
+            wait = min(wait * 2, 1.0)
 
 
 def leave_for_a_fresh_process(slot: int, error: str) -> None:

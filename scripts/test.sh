@@ -4,5 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} WANDB_MODE=offline HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-echo "[test] running pytest (slow integration tests included)"
-exec .venv/bin/python -m pytest -q "$@"
+# 3 workers on 2 cores: much of the suite waits (on SLURM, on subprocesses); the SLURM tests share one worker
+# (their cluster and its queue); `-n 0` runs in one process. Extra args go to pytest.
+case " $* " in *" -m not slow "*|*" -m 'not slow' "*|*"-m=not slow"*) what="quick tests only";; *) what="slow integration tests included";; esac
+echo "[test] running pytest ($what)"
+exec .venv/bin/python -m pytest -q -n "${FTL_TEST_WORKERS:-3}" --dist loadgroup "$@"

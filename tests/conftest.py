@@ -39,6 +39,15 @@ def fmnist(tmp_path_factory) -> Path:
 MOBILENET = {"model.name": "mobilenetv2_100", "model.pretrained": "mobilenetv2_100.tv_in1k"}  # ImageNet weights
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """With pytest-xdist (`-n`), every test that uses the SLURM cluster runs on one worker (`--dist loadgroup`):
+    they share the queue, and the session's check that tests leave it as they found it."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "slurm" in item.fixturenames or params.get("kind") == "slurm":
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 def lfw_overrides(lfw: Path, **extra) -> list[str]:
     """A small run on lfw with the tiny model (TINY); MOBILENET in `extra` where pretrained weights matter."""
     base = {"data.train_dir": lfw / "train", "data.val_dir": lfw / "val", "data.image_size": 64,

@@ -17,7 +17,7 @@ from core.config import AugmentConfig
 from core.data.beton import convert, open_beton
 from core.data.device_augment import DeviceAugment
 from core.errors import FtlError
-from tests.conftest import REPO, lfw_overrides, run_ftl
+from tests.conftest import REPO, ftl, lfw_overrides, run_ftl
 
 pytest.importorskip("ffcv")
 pytestmark = pytest.mark.slow
@@ -37,6 +37,14 @@ def read_raw(beton: Path) -> tuple[list[np.ndarray], np.ndarray]:
     return images, b.labels
 
 
+@pytest.fixture(scope="session")
+def lfw_betons(lfw) -> list[Path]:
+    """lfw/train.beton and lfw/val.beton beside the folders (where data.loader=ffcv or auto finds them), made once."""
+    for split in ("train", "val"):
+        convert(str(lfw / split))
+    return [lfw / "train.beton", lfw / "val.beton"]
+
+
 @pytest.fixture(scope="module")
 def indexed_folder(tmp_path_factory) -> Path:
     """37 classes of one real photo crop each (different sizes): a sample's label is its index."""
@@ -52,7 +60,7 @@ def indexed_folder(tmp_path_factory) -> Path:
 
 def test_convert_round_trip_raw_pixels_labels_sidecar(lfw, tmp_path):
     out = tmp_path / "train.beton"
-    proc = run_ftl("data", "convert", lfw / "train", "--out", out, "--mode", "raw")
+    proc = ftl("data", "convert", lfw / "train", "--out", out, "--mode", "raw")
     assert proc.returncode == 0, proc.stderr
     images, labels = read_raw(out)
     folder = sorted((lfw / "train").glob("*/*.png"))  # ImageFolder order: class folders, then file names
@@ -81,11 +89,11 @@ def test_corrupt_image_named_or_skipped(lfw, tmp_path):
     bad = sorted((src / "non_face").glob("*.png"))[3]
     bad.write_bytes(bad.read_bytes()[:60])  # truncated
     out = tmp_path / "x.beton"
-    proc = run_ftl("data", "convert", src, "--out", out)
+    proc = ftl("data", "convert", src, "--out", out)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"cannot read image {bad}" in proc.stderr and "--skip-bad" in proc.stderr
     assert not out.exists() and not Path(f"{out}.json").exists() and not list(tmp_path.glob(".x.beton*"))
-    proc = run_ftl("data", "convert", src, "--out", out, "--skip-bad")
+    proc = ftl("data", "convert", src, "--out", out, "--skip-bad")
     assert proc.returncode == 0 and "skipped 1 unreadable" in proc.stdout
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["num_samples"] == 9 and meta["skipped"] == [str(bad)] and meta["counts"] == {"face": 5, "non_face": 4}
@@ -100,7 +108,7 @@ def test_truncated_or_garbage_beton_is_a_clear_error(lfw, tmp_path):
         open_beton(cut)  # no sidecar: caught by the allocation table reaching past the end
     Path(f"{cut}.json").write_text(Path(f"{good}.json").read_text())
     (tmp_path / "junk.beton").write_bytes(os.urandom(5000))
-    proc = run_ftl("train", "base", *lfw_overrides(lfw, **{"data.train_dir": cut, "data.loader": "ffcv"}))
+    proc = ftl("train", "base", *lfw_overrides(lfw, **{"data.train_dir": cut, "data.loader": "ffcv"}))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"data.train_dir={cut}" in proc.stderr and "ftl data convert" in proc.stderr
     with pytest.raises(FtlError, match="junk.beton"):
@@ -158,13 +166,12 @@ def test_device_augment_seeded_per_sample_and_normalised():
         DeviceAugment(AugmentConfig(policy="rand-m9-mstd0.5"), MEAN, STD, seed=0, train=True)
 
 
-def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
+def test_parity_with_torch_path_batches_and_accuracy(lfw, lfw_betons, tmp_path):
     """Same recipe on both paths: batches of the same shape, dtype and normalisation; similar accuracy."""
     import shutil
 
     lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
-    for split in ("train", "val"):
-        convert(str(lfw / split))  # lfw/train.beton next to the folder: where data.loader=ffcv (or auto) finds it
+    assert lfw_betons  # lfw/train.beton next to the folder: where data.loader=ffcv (or auto) finds it
     common = lfw_overrides(lfw, **{"data.image_size": 96, "train.epochs": 8, "data.batch_size": 8, "optim.lr": 1e-3,
                                    "augment.scale": "[0.7,1.0]"})  # fmt: skip
     results, batches = {}, {}
@@ -199,7 +206,7 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, tmp_path):
     assert results["ffcv"]["val_top1"] >= 0.85 and abs(results["ffcv"]["val_top1"] - results["torch"]["val_top1"]) <= 0.08
 
 
-def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, tmp_path):
+def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, lfw_betons, tmp_path):
     """The FFCV path keeps exact resume: seeded order, seeded crops in the decoder, seeded device augmentation."""
     import shutil
 
@@ -208,8 +215,7 @@ def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, tmp_path):
     from tests.conftest import stop_after as _stop_after
 
     lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
-    for split in ("train", "val"):
-        convert(str(lfw / split))
+    assert lfw_betons
     over = lfw_overrides(lfw, **{"data.loader": "ffcv", "data.num_workers": 2, "data.batch_size": 8,
                                  "train.deterministic": "true", "model.head_dropout": 0.3, "augment.color_jitter": 0.2,
                                  "augment.rotate": 10, "augment.random_erasing": 0.3, "augment.mixup": 0.4,
@@ -226,14 +232,13 @@ def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, tmp_path):
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
 
 
-def test_two_process_ddp_training_on_ffcv(lfw, tmp_path):
+def test_two_process_ddp_training_on_ffcv(lfw, lfw_betons, tmp_path):
     """`ftl train` under torchrun (2 CPU processes) on .beton files: ranks agree, validation counts every image once."""
     import re
     import shutil
 
     lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
-    for split in ("train", "val"):
-        convert(str(lfw / split))
+    assert lfw_betons
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29543", "-m", "launcher.cli", "train", "base",
            *lfw_overrides(lfw, **{"data.num_workers": 1, "data.loader": "ffcv"}), "--run-dir", str(tmp_path / "ddp")]  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lfw_overrides, run_ftl
+from tests.conftest import ftl, lfw_overrides, run_ftl
 
 
 def assert_one_line_error(proc, pattern: str) -> None:
@@ -48,19 +48,19 @@ def test_two_process_ddp_ranks_agree(lfw, tmp_path):
 
 
 def test_missing_dataset_dir(tmp_path):
-    proc = run_ftl("train", "base", f"data.train_dir={tmp_path}/nope", "--run-dir", tmp_path / "run")
+    proc = ftl("train", "base", f"data.train_dir={tmp_path}/nope", "--run-dir", tmp_path / "run")
     assert_one_line_error(proc, r"data.train_dir=.*nope: no such directory")
     assert not (tmp_path / "run").exists()
 
 
 def test_class_count_mismatch(lfw, tmp_path):
-    proc = run_ftl("train", "base", *lfw_overrides(lfw, **{"data.num_classes": 10}), "--run-dir", tmp_path / "run")
+    proc = ftl("train", "base", *lfw_overrides(lfw, **{"data.num_classes": 10}), "--run-dir", tmp_path / "run")
     assert_one_line_error(proc, r"data.num_classes=10 but .* has 2 class folders")
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_model_suggests(lfw, tmp_path):
-    proc = run_ftl("train", "base", *lfw_overrides(lfw, **{"model.name": "resnet5O", "model.pretrained": "null"}))
+    proc = ftl("train", "base", *lfw_overrides(lfw, **{"model.name": "resnet5O", "model.pretrained": "null"}))
     assert_one_line_error(proc, r"model.name='resnet5O' is not a timm model \(did you mean: .*resnet50")
 
 
@@ -69,7 +69,7 @@ def test_weights_that_do_not_fit(lfw, tmp_path):
     import torch
 
     torch.save(timm.create_model("mobilenetv2_050").state_dict(), tmp_path / "w.pth")
-    proc = run_ftl("train", "base", *lfw_overrides(lfw, **{"model.name": "mobilenetv2_100", "model.pretrained": tmp_path / "w.pth"}),
+    proc = ftl("train", "base", *lfw_overrides(lfw, **{"model.name": "mobilenetv2_100", "model.pretrained": tmp_path / "w.pth"}),
                    "--run-dir", tmp_path / "run")  # fmt: skip
     assert_one_line_error(proc, r"w.pth: 'conv_stem.weight' has shape \(16, 3, 3, 3\) but mobilenetv2_100 needs")
     assert not (tmp_path / "run").exists()
@@ -83,29 +83,29 @@ def test_unwritable_output_dir(lfw, tmp_path):
     if os.geteuid() == 0:  # root writes anywhere: use a path under a regular file instead
         (tmp_path / "file").write_text("x")
         ro = tmp_path / "file"
-    proc = run_ftl("train", "base", *lfw_overrides(lfw), "--run-dir", ro / "run", env=env)
+    proc = ftl("train", "base", *lfw_overrides(lfw), "--run-dir", ro / "run", env=env)
     assert_one_line_error(proc, r"cannot write the run dir .*run")
 
 
 def test_resume_dir_without_checkpoint(lfw, tmp_path):
     (tmp_path / "old").mkdir()
-    proc = run_ftl("train", "base", *lfw_overrides(lfw, resume=tmp_path / "old"))
+    proc = ftl("train", "base", *lfw_overrides(lfw, resume=tmp_path / "old"))
     assert_one_line_error(proc, r"resume=.*old: .*old holds no run \(no config.yaml, no checkpoint\)")
 
 
 def test_bad_override_and_debug_shows_traceback(tmp_path):
-    proc = run_ftl("train", "base", "optim.lrr=1")
+    proc = ftl("train", "base", "optim.lrr=1")
     assert_one_line_error(proc, r"unknown key 'optim.lrr' \(did you mean: optim.lr")
-    debug = run_ftl("--debug", "train", "base", "optim.lrr=1")
+    debug = run_ftl("--debug", "train", "base", "optim.lrr=1")  # a real process: its traceback
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
 def test_data_prepare_bad_name(tmp_path):
-    proc = run_ftl("data", "prepare", "fashion_mnist", "--out", tmp_path / "x")
+    proc = ftl("data", "prepare", "fashion_mnist", "--out", tmp_path / "x")
     assert_one_line_error(proc, r"unknown dataset 'fashion_mnist' \(did you mean: fashion-mnist")
     assert not (tmp_path / "x").exists()
 
 
 def test_zoo_lists_offline_weights():
-    proc = run_ftl("zoo")
+    proc = ftl("zoo")
     assert proc.returncode == 0 and "mobilenetv2_100.tv_in1k" in proc.stdout and "tf_efficientnet_lite0.in1k" in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from launcher.cli import parse
-from tests.conftest import REPO, lfw_overrides, run_ftl
+from tests.conftest import REPO, ftl, lfw_overrides, run_ftl
 
 
 def one_line_error(proc, pattern: str) -> str:
@@ -52,23 +52,23 @@ def test_version_and_debug_anywhere():
 
 
 def test_errors_blame_the_override_and_suggest_other_tools_names(tmp_path):
-    one_line_error(run_ftl("train", "base", "data.train_dir=/tmp", "train.epochs=abc"),
+    one_line_error(ftl("train", "base", "data.train_dir=/tmp", "train.epochs=abc"),
                    r"command line train.epochs=abc: Value 'abc'")  # fmt: skip
-    one_line_error(run_ftl("train", "base", "data.train_dir=/tmp", "train.seed=-2"),
+    one_line_error(ftl("train", "base", "data.train_dir=/tmp", "train.seed=-2"),
                    r"command line: train.seed=-2 must be >= 0")  # fmt: skip
-    one_line_error(run_ftl("train", "base", "optim.learning_rate=1e-3"), r"did you mean: optim.lr")
-    one_line_error(run_ftl("train", "base", "train.num_epochs=3"), r"did you mean: train.epochs")
-    one_line_error(run_ftl("train", "base", "data.bs=3"), r"did you mean: data.batch_size")
-    one_line_error(run_ftl("train", "base", "data.train_dir=/tmp", "optim.lr=1e-3,3e-3"),
+    one_line_error(ftl("train", "base", "optim.learning_rate=1e-3"), r"did you mean: optim.lr")
+    one_line_error(ftl("train", "base", "train.num_epochs=3"), r"did you mean: train.epochs")
+    one_line_error(ftl("train", "base", "data.bs=3"), r"did you mean: data.batch_size")
+    one_line_error(ftl("train", "base", "data.train_dir=/tmp", "optim.lr=1e-3,3e-3"),
                    r"lists several values: sweep them with `ftl sweep`")  # fmt: skip
-    one_line_error(run_ftl("train", "base", "~optim.lr"), r"~KEY \(delete a key\) does not apply")
+    one_line_error(ftl("train", "base", "~optim.lr"), r"~KEY \(delete a key\) does not apply")
 
 
 def test_hydra_comma_lists_are_grid_axes_and_plus_keys_are_read(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"recipe": "base", "overrides": [f"data.train_dir={tmp_path}"],
                                     "grid": {"finetune.strategy": ["full", "gradual"]}}))  # fmt: skip
-    proc = run_ftl("sweep", path, "optim.lr=1e-3,3e-3", "+train.epochs=2", "--dry-run")
+    proc = ftl("sweep", path, "optim.lr=1e-3,3e-3", "+train.epochs=2", "--dry-run")
     assert proc.returncode == 0 and "4 trials" in proc.stdout, proc.stdout + proc.stderr
     assert "optim.lr=0.003" in proc.stdout and "finetune.strategy=gradual" in proc.stdout
 

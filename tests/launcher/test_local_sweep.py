@@ -56,37 +56,6 @@ def test_local_sweep_with_a_failing_trial(lfw, tmp_path):
     assert status.returncode == 0 and "2 completed, 1 failed" in status.stdout
 
 
-def test_cancel_then_resume(lfw, tmp_path):
-    out = tmp_path / "sw"
-    spec = {"grid": {"optim.lr": [1e-3, 2e-3]}, "overrides": None}
-    path = sweep_file(tmp_path, lfw, **{k: v for k, v in spec.items() if v is not None})
-    data = yaml.safe_load(path.read_text())
-    data["overrides"] = [o for o in data["overrides"] if not o.startswith("train.epochs")] + ["train.epochs=6"]
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert run_ftl("sweep", path, "--cluster", cluster_file(tmp_path, 1), "--out", out).returncode == 0
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the first trial has a checkpoint
-        if list((out / "trials").glob("*/checkpoints/step_*/trainer.json")):
-            break
-        time.sleep(0.5)
-    cancelled = run_ftl("cancel", out)
-    assert cancelled.returncode == 0 and "cancelled 2" in cancelled.stdout
-    assert {t.state for t in mf.read(out).trials.values()} <= {"CANCELLED", "CANCELLING"}  # saving, then gone
-    wait_for(lambda: "2 cancelled" in run_ftl("status", out).stdout, 60, "the cancelled trial to save and exit")
-    for _ in range(3):  # the cancel sticks, whatever the runner or the trials report meanwhile
-        assert "2 cancelled" in run_ftl("status", out).stdout
-        time.sleep(0.5)
-    resumed = run_ftl("resume", out)
-    assert resumed.returncode == 0 and "resubmitted 2 trials" in resumed.stdout
-    assert run_ftl("wait", out, "--poll", "1", timeout=600).returncode == 0
-    man = mf.read(out)
-    assert {t.state for t in man.trials.values()} == {"COMPLETED"}
-    assert all(len(t.job_ids) == 2 for t in man.trials.values())
-    log = "".join((out / t.run_dir / "train.log").read_text() for t in man.trials.values())
-    assert "(resuming step_" in log  # the interrupted trial continued from its checkpoint
-    assert "nothing to resume" in run_ftl("resume", out).stdout
-
-
 def test_early_stopping_prunes_a_bad_trial(lfw, tmp_path):
     out = tmp_path / "sw"
     spec = {"zip": {"optim.lr": [1e-3, 30.0], "optim.name": ["adamw", "sgd"]},

@@ -151,7 +151,7 @@ def test_a_killed_worker_leaves_no_trial_lost_or_counted_twice(tmp_path):
     """kill -9 a worker mid-trial: after stale_after_s another worker adopts its trial; the search ends with
     exactly n_trials trials, each told once; cancel + resume continue the same study."""
     out = tmp_path / "sw"
-    path = search_file(tmp_path, n_trials=8, max_parallel=2, stale_after_s=5, program="jobs.objectives:sleep",
+    path = search_file(tmp_path, n_trials=5, max_parallel=2, stale_after_s=5, program="jobs.objectives:sleep",
                        space={"optim.lr": {"loguniform": [1e-5, 1e-1]}, "train.epochs": {"choice": [30]}})  # fmt: skip
     assert run_ftl("sweep", path, "--cluster", local_cluster(tmp_path, 2), "--out", out).returncode == 0
     first = wait_for(lambda: list(mf.read(out).trials.values()), 60, "a first trial")[0]
@@ -159,12 +159,12 @@ def test_a_killed_worker_leaves_no_trial_lost_or_counted_twice(tmp_path):
     os.killpg(pid, signal.SIGKILL)  # the worker and its trial, mid-trial
     done = run_ftl("wait", out, "--poll", "1", timeout=300)
     man = mf.read(out)
-    assert len(man.trials) == 8, man.trials.keys()
-    assert len(journal_states(out)) == 8  # asked once each
+    assert len(man.trials) == 5, man.trials.keys()
+    assert len(journal_states(out)) == 5  # asked once each
     adopted = man.trials[first.id]
     assert adopted.state == "COMPLETED" and adopted.attempt >= 2  # finished by another worker
     assert done.returncode in (0, 1)  # the killed slot is LOST (exit 1) but every trial is done
-    assert sorted(journal_states(out)) == ["COMPLETE"] * 8
+    assert sorted(journal_states(out)) == ["COMPLETE"] * 5
 
 
 @pytest.mark.slow
