@@ -112,8 +112,9 @@ def _coerce(kind: Any, value: Any) -> Any:
         return [_coerce(typing.get_args(kind)[0], v) for v in value]
     try:
         return _NODES[kind](value=value, is_optional=optional)._value()
-    except OmegaConfBaseException as e:
-        raise ValueError(str(e).splitlines()[0]) from None
+    except OmegaConfBaseException as e:  # its message template, filled as OmegaConf's own formatter would
+        text = str(e).splitlines()[0].replace("$VALUE_TYPE", type(value).__name__).replace("$VALUE", str(value))
+        raise ValueError(text) from None
 
 
 # ---------------------------------------------------------------- values and rules between keys
@@ -145,6 +146,9 @@ def key_problems(key: str, value: Any) -> list[str]:
             return [f"{key}={value!r} must be [min, max] with 0 < min <= max" + " <= 1" * (key == "augment.scale")]
     if key == "optim.lr":
         return _check_lr(value)
+    if key == "model.freeze" and str(value).lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        return [f"model.freeze={value!r}: use none (nothing frozen), backbone, or a module name (e.g. blocks.3: "
+                "frozen up to and including it)"]  # fmt: skip
     if key == "data.image_size":
         from core.data.resize import image_size_at
 

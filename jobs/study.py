@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import itertools
+import math
+
 from core.config import format_value
 
 
@@ -65,22 +68,62 @@ def reseed(sampler, seed: int) -> None:
 def suggest(trial, space: dict[str, Any], method: str, seed: int) -> list[str]:
     """Ask a trial's parameters in the space's order (define-by-run: a `when:` sees the values asked before it),
     with the sampler reseeded by (seed, trial number): trial k's proposal does not depend on which worker asks."""
-    reseed(trial.study.sampler, seed * 100_003 + trial.number)
+    if hasattr(trial, "study"):
+        reseed(trial.study.sampler, seed * 100_003 + trial.number)
     values: dict[str, Any] = {}
     for key, dist in space.items():
         when = dist.get("when") or {}
         if any(values.get(k) not in (v if isinstance(v, list) else [v]) for k, v in when.items()):
             continue
-        if "choice" in dist:
-            values[key] = trial.suggest_categorical(key, dist["choice"])
-        elif "int" in dist:
-            lo, hi = dist["int"]
-            values[key] = trial.suggest_int(key, int(lo), int(hi), step=int(dist.get("q") or 1))
-        else:
-            lo, hi = dist.get("uniform") or dist["loguniform"]
-            log = "loguniform" in dist
-            values[key] = trial.suggest_float(key, float(lo), float(hi), log=log, step=None if log else dist.get("q"))
+        values[key] = ask(trial, key, dist)
     return [f"{k}={format_value(v)}" for k, v in values.items()]
+
+
+def ask(trial, key: str, dist: dict[str, Any]) -> Any:
+    """One parameter's value, as its distribution says: a choice (weighted: the sampler draws u in [0, 1) and the
+    value is the one whose share of the cumulated probabilities holds u - W&B's categorical_w_probabilities), an
+    integer on a step, a float on a step, or a log-uniform float rounded to q afterwards (W&B's
+    q_log_uniform_values: Optuna steps only linear ranges); `type: int` makes it an integer."""
+    if "choice" in dist:
+        if dist.get("probabilities"):
+            u = trial.suggest_float(f"{key}#u", 0.0, 1.0)
+            edges = list(itertools.accumulate(dist["probabilities"]))
+            return dist["choice"][next((i for i, edge in enumerate(edges) if u < edge), len(edges) - 1)]
+        return trial.suggest_categorical(key, dist["choice"])
+    if "int" in dist:
+        lo, hi = dist["int"]
+        return trial.suggest_int(key, int(lo), int(hi), step=int(dist.get("q") or 1))
+    lo, hi = dist.get("uniform") or dist["loguniform"]
+    log, q = "loguniform" in dist, dist.get("q")
+    value = trial.suggest_float(key, float(lo), float(hi), log=log, step=None if log else q)
+    if log and q:
+        first, last = math.ceil(lo / q - 1e-9) * q, math.floor(hi / q + 1e-9) * q
+        value = min(max(round(value / q) * q, first), max(last, first))
+        value = round(value, 12)
+    return int(round(value)) if dist.get("type") == "int" else value
+
+
+def draws(space: dict[str, Any], n: int, seed: int = 0) -> list[list[str]]:
+    """n trials of the space as workers ask them (Optuna's random sampler), and each parameter at its ends (every
+    choice; low and high, through the same rounding): what a dry run checks before anything is queued."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(suggest(trial, space, "random", seed))
+        study.tell(trial, 0.0)
+    dists = distributions(space)
+    lows = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in dists.items()}
+    for key, dist in dists.items():
+        ends = list(dist.choices) if hasattr(dist, "choices") else [dist.low, dist.high]
+        if key.endswith("#u"):
+            ends = [0.0, 0.999999]
+        for end in ends:
+            out.append(suggest(optuna.trial.FixedTrial({**lows, key: end}), space, "random", seed))
+    return out
 
 
 def frozen_trial(study, optuna_id: int):
@@ -128,7 +171,9 @@ def distributions(space: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key, dist in space.items():
-        if "choice" in dist:
+        if "choice" in dist and dist.get("probabilities"):
+            out[f"{key}#u"] = d.FloatDistribution(0.0, 1.0)
+        elif "choice" in dist:
             out[key] = d.CategoricalDistribution(dist["choice"])
         elif "int" in dist:
             out[key] = d.IntDistribution(int(dist["int"][0]), int(dist["int"][1]), step=int(dist.get("q") or 1))
@@ -147,7 +192,11 @@ def params_of(overrides: list[str], space: dict[str, Any]) -> dict[str, Any]:
     for item in overrides:
         key, _, text = item.partition("=")
         dist = dists.get(key)
-        if isinstance(dist, d.CategoricalDistribution):
+        if f"{key}#u" in dists:  # a weighted choice: the middle of its share of [0, 1)
+            index = next(i for i, c in enumerate(space[key]["choice"]) if format_value(c) == text)
+            probs = space[key]["probabilities"]
+            params[f"{key}#u"] = sum(probs[:index]) + probs[index] / 2
+        elif isinstance(dist, d.CategoricalDistribution):
             params[key] = next(c for c in dist.choices if format_value(c) == text)
         elif isinstance(dist, d.IntDistribution):
             params[key] = int(text)

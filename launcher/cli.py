@@ -107,17 +107,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from launcher.clusters import load_cluster
         from launcher.sweep import load_sweep
 
-        sweep = load_sweep(args.sweep_file, args.overrides)
-        cluster = load_cluster(args.cluster)
+        sweep = load_sweep(args.sweep_file, args.overrides, args.recipe)
+        cluster_notes: list[str] = []
+        cluster = load_cluster(args.cluster, cluster_notes)
         if sweep.notes:
             print(f"ftl: read as: {'; '.join(sweep.notes)}")
+        if cluster_notes:
+            print(f"ftl: cluster read as: {'; '.join(cluster_notes)}")
         if sweep.search:
             s = sweep.search
             print(f"ftl: sweep {sweep.name}: a {s['method']} search of {s['n_trials']} trials over {len(s['space'])} "
                   f"parameters, {s['max_parallel']} workers, recipe {sweep.recipe} on cluster {cluster.name} "
-                  f"({cluster.executor}); every value of the space valid")  # fmt: skip
+                  f"({cluster.executor}); every value of the space valid, checked on 50 draws and at its ends")  # fmt: skip
             for key, dist in s["space"].items():
-                print(f"  {key}: {dist}")
+                print(f"  {key}: {describe(dist)}")
             return 0
         print(f"ftl: sweep {sweep.name}: {len(sweep.trials)} trials of recipe {sweep.recipe} on cluster {cluster.name} "
               f"({cluster.executor}); every trial valid")  # fmt: skip
@@ -134,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"ftl: sweep dir {sweep_dir}: queueing {what} on {man.cluster['name']}", flush=True)
 
     sweep_dir, man, note = submit_sweep(args.sweep_file, args.cluster, args.out, args.overrides, created,
-                                        lambda notes: print(f"ftl: read as: {'; '.join(notes)}"))  # fmt: skip
+                                        lambda notes: print(f"ftl: read as: {'; '.join(notes)}"), args.recipe)  # fmt: skip
     queued = sum(bool(t.job_ids) for t in man.jobs.values())
     what = "worker slots" if man.search else "trials"
     print(f"ftl: queued {queued} of {len(man.jobs)} {what} on {man.cluster['name']}")
@@ -142,6 +145,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"ftl: note: {note}")
     print(f"ftl: sweep dir {sweep_dir}  (ftl status / wait / resume / cancel {sweep_dir})")
     return 0
+
+
+def describe(dist: dict) -> str:
+    """A space entry in words: `int [2, 10]`, `loguniform [0.0001, 0.01] q 8 (int)`, `choice [a, b] p [0.9, 0.1]`."""
+    kind = next(k for k in ("choice", "int", "uniform", "loguniform") if k in dist)
+    text = f"{kind} {dist[kind]}"
+    if dist.get("probabilities"):
+        text += f" p {dist['probabilities']}"
+    if dist.get("q"):
+        text += f" q {dist['q']}"
+    if dist.get("type"):
+        text += f" ({dist['type']})"
+    if dist.get("when"):
+        text += f" when {dist['when']}"
+    return text
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -397,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cluster", default=None, help="cluster config name or path (default: local)")
     sweep.add_argument("--out", help="the sweep dir (default: sweeps/<name>-<time>)")
     sweep.add_argument("--dry-run", action="store_true", help="print the trial table; submit nothing")
+    sweep.add_argument("--recipe", help="the base recipe (for a file that names none, e.g. a W&B sweep file)")
     sweep.add_argument("--show", type=int, default=50, help="trials to list with --dry-run")
     sweep.set_defaults(func=cmd_sweep)
 

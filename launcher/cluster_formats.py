@@ -15,11 +15,10 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
-from core.errors import FtlError
+from core.errors import FtlError, did_you_mean
 
 # Hydra's SlurmQueueConf defaults (hydra_plugins.hydra_submitit_launcher.config), where they differ from ftl's
 HYDRA_SLURM_DEFAULTS = {"timeout_min": 60, "nodes": 1, "tasks_per_node": 1, "signal_delay_s": 120,
@@ -145,8 +144,7 @@ def to_ftl_names(data: dict[str, Any], ftl_keys: set[str], aliases: dict[str, st
 
 
 def _closest(key: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key.removeprefix("slurm_"), choices, n=2, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+    return did_you_mean(key.removeprefix("slurm_"), choices, n=2)
 
 
 def _mem_gb(value: Any, key: str, path) -> float:

@@ -3,8 +3,10 @@
 `local` is the embedded default: trials run as subprocesses on this machine, `max_parallel` at a time. A SLURM
 config names the partition and the resources of one trial (nodes x tasks_per_node tasks, one per GPU by default).
 Keys are submitit's (and hydra-submitit-launcher's) names - timeout_min, max_num_timeout, additional_parameters,
-tasks_per_node, gres, exclude, signal_delay_s ...; ftl's earlier names (time_min, max_requeues, sbatch) are read as
-aliases. Every unknown key is reported at once.
+tasks_per_node, gres, exclude, signal_delay_s ..., with or without AutoExecutor's `slurm_` prefix; a Hydra launcher
+file (`_target_`, `defaults: [submitit_slurm]`, `${oc.env:...}`) is read as Hydra reads it; any other SlurmExecutor
+parameter (mem_per_gpu, comment, exclusive, ...) is passed to submitit (launcher/cluster_formats.py). ftl's earlier
+names (time_min, max_requeues, sbatch) are read as aliases. Every unknown key is reported at once.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ class ClusterConfig:
     nodes: int = 1  # per trial
     gpus_per_node: int = 0
     tasks_per_node: int | None = None  # default: one task per GPU (1 without GPUs)
-    cpus_per_task: int = 2
-    mem_gb: float = 8
+    cpus_per_task: int | None = 2  # null: not written (the partition's default)
+    mem_gb: float | None = 8  # null: not written (mem_per_cpu / mem_per_gpu in `slurm`, or the partition's default)
     # minutes, or a SLURM time string: "90", "1:00:00", "2-00:00:00" (read as SLURM reads it); unset: 60 on SLURM,
     # no limit locally. Enforced on both: USR2 signal_delay_s before it (checkpoint, requeue), killed at it.
     timeout_min: Any = None
@@ -54,17 +56,16 @@ class ClusterConfig:
     secrets: list[str] = field(default_factory=list)  # env names never written to disk (also any *KEY/TOKEN/...)
     wandb_mode: str = "offline"  # offline on compute nodes unless the cluster has a network
     python: str | None = None  # interpreter on the nodes (default: the one running ftl)
+    slurm: dict[str, Any] = field(default_factory=dict)  # any other SlurmExecutor parameter, as submitit names it
 
 
 ALIASES = {"time_min": "timeout_min", "max_requeues": "max_num_timeout", "sbatch": "additional_parameters",
-           "time": "timeout_min", "ntasks_per_node": "tasks_per_node", "slurm_partition": "partition",
-           "slurm_additional_parameters": "additional_parameters", "slurm_setup": "setup",
-           "slurm_array_parallelism": "array_parallelism"}  # fmt: skip
+           "time": "timeout_min", "ntasks_per_node": "tasks_per_node"}  # `slurm_X` is X (submitit's AutoExecutor)
 
 
 def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
     """Aliases (ftl's earlier names, submitit's AutoExecutor slurm_* names) -> the current key names."""
-    return {ALIASES.get(k, k): v for k, v in data.items()}
+    return {ALIASES.get(k.removeprefix("slurm_"), k.removeprefix("slurm_")) if k != "slurm" else k: v for k, v in data.items()}
 
 
 def cluster_from_dict(data: dict[str, Any]) -> ClusterConfig:
@@ -77,8 +78,12 @@ def list_clusters() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def load_cluster(name_or_path: str | None) -> ClusterConfig:
-    """A cluster config by name (cluster_configs/NAME.yaml) or path; None is `local`."""
+def load_cluster(name_or_path: str | None, notes: list[str] | None = None) -> ClusterConfig:
+    """A cluster config by name (cluster_configs/NAME.yaml) or path; None is `local`. ftl's keys, submitit's and
+    hydra-submitit-launcher's (launcher/cluster_formats.py); how it was read is appended to `notes`."""
+    from launcher.cluster_formats import resolve_interpolations, to_ftl_names, unwrap
+
+    notes = [] if notes is None else notes
     if name_or_path in (None, "local") and not (CONFIG_DIR / "local.yaml").is_file():
         return ClusterConfig()
     path = Path(name_or_path or "local")
@@ -87,15 +92,14 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
     if not path.is_file():
         raise FtlError(f"unknown cluster '{name_or_path}'{did_you_mean(str(name_or_path), list_clusters())}; "
                        f"clusters: {', '.join(list_clusters())} (or a path to a YAML file)")  # fmt: skip
-    data = read_yaml_mapping(path, "cluster config")
+    data = unwrap(read_yaml_mapping(path, "cluster config"), path, notes)
+    data = resolve_interpolations(data, path)
     valid = [f.name for f in dataclasses.fields(ClusterConfig)]
-    unknown = [f"'{k}'{did_you_mean(k, [*valid, *ALIASES])}" for k in data if k not in valid and k not in ALIASES]
-    if unknown:
-        raise FtlError(f"{path}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)}")
     twice = [f"{k} and {ALIASES[k]}" for k in data if k in ALIASES and ALIASES[k] in data]
     if twice:
         raise FtlError(f"{path}: {twice[0]} name the same setting; keep one")
-    data = with_current_names(data)
+    data = to_ftl_names(data, set(valid), ALIASES, path, notes)
+    data = {k: v for k, v in data.items() if v is not None or k in NULLABLE}  # null: unset (the default)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ClusterConfig), data)
     except OmegaConfBaseException as e:
@@ -116,9 +120,11 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
         problems.append(f"wandb_mode={cluster.wandb_mode!r} must be offline, online or disabled")
     if cluster.timeout_min is not None and cluster.timeout_min <= 0:
         problems.append(f"timeout_min={cluster.timeout_min} must be a positive time")
-    for key in ("max_parallel", "nodes", "cpus_per_task", "array_parallelism"):
+    for key in ("max_parallel", "nodes", "array_parallelism"):
         if getattr(cluster, key) < 1:
             problems.append(f"{key}={getattr(cluster, key)} must be >= 1")
+    if cluster.cpus_per_task is not None and cluster.cpus_per_task < 1:
+        problems.append(f"cpus_per_task={cluster.cpus_per_task} must be >= 1")
     if cluster.gpus_per_node < 0 or cluster.max_num_timeout < 0 or cluster.signal_delay_s < 0:
         problems.append("gpus_per_node, max_num_timeout and signal_delay_s must be >= 0")
     if cluster.tasks_per_node is not None and cluster.tasks_per_node < 1:
@@ -126,6 +132,10 @@ def load_cluster(name_or_path: str | None) -> ClusterConfig:
     if problems:
         raise FtlError(f"{path}: " + "; ".join(problems))
     return cluster
+
+
+NULLABLE = {"tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "partition", "account", "qos",
+            "constraint", "exclude", "gres", "python"}  # fmt: skip
 
 
 def tasks_per_node(cluster: ClusterConfig) -> int:

@@ -57,15 +57,19 @@ def executor_for(man: mf.Manifest) -> Executor:
 
 
 def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, overrides: list[str],
-                 on_created=lambda sweep_dir, man: None, say=lambda text: None) -> tuple[Path, mf.Manifest, str]:  # fmt: skip
+                 on_created=lambda sweep_dir, man: None, say=lambda text: None,
+                 recipe: str | None = None) -> tuple[Path, mf.Manifest, str]:  # fmt: skip
     """Expand and validate, write the sweep dir complete, then queue its trials; returns (sweep dir, manifest, note).
 
     A refusal before anything was queued removes the sweep dir again; after that, the dir stays (with what was
     queued recorded) and `ftl resume` queues the rest. Ctrl-C never removes a dir with queued jobs."""
-    sweep = load_sweep(sweep_file, overrides)
-    if sweep.notes:
-        say(sweep.notes)
-    cluster = load_cluster(cluster_name)
+    sweep = load_sweep(sweep_file, overrides, recipe)
+    cluster_notes: list[str] = []
+    cluster = load_cluster(cluster_name, cluster_notes)
+    if sweep.notes or cluster_notes:
+        say(sweep.notes + [f"cluster: {n}" for n in cluster_notes])
+    if sweep.max_parallel:  # `max_parallel` of a grid (its file or the command line): trials at a time
+        cluster.max_parallel = cluster.array_parallelism = sweep.max_parallel
     check_wandb_login(sweep, cluster)
     check_secrets(cluster)
     sweep_dir = Path(out) if out else Path("sweeps") / f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -15,7 +15,7 @@ ftl's form:                                    W&B's form (mapped, and the mappi
       train.epochs: {int: [2, 6], q: 2}
     early_stop: {type: asha, min_epochs: 1, reduction_factor: 3}   # asha | hyperband | median
 
-The study lives in SWEEP_DIR/search/study.journal (Optuna's journal file storage: no server, works offline, safe
+A W&B file is read by launcher/wandb_sweep.py into this form. The study lives in SWEEP_DIR/search/study.journal (Optuna's journal file storage: no server, works offline, safe
 on a shared file system); workers (jobs/search_worker.py) ask, train, tell. Parameters are asked define-by-run, in
 the order written, so a `when:` condition sees the values asked before it. A trial's proposal depends on the seed
 and its number (the sampler is reseeded per trial), so the same file and seed propose the same first trials.
@@ -31,7 +31,7 @@ from typing import Any
 
 from core import config as config_lib
 from core.config import format_value
-from core.errors import KEY_SYNONYMS, FtlError, did_you_mean
+from core.errors import FtlError, did_you_mean
 
 METHODS = ("tpe", "gp", "cmaes", "qmc", "random")  # adaptive: asked one trial at a time by workers
 WANDB_METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
@@ -39,10 +39,6 @@ PRUNERS = ("asha", "hyperband", "median")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 WANDB_KEYS = {"method", "metric", "parameters", "early_terminate", "run_cap", "name", "description", "program",
               "command", "project", "recipe", "overrides", "max_parallel", "seed", "n_trials", "max_attempts"}  # fmt: skip
-
-
-def is_wandb(spec: dict[str, Any]) -> bool:
-    return "parameters" in spec
 
 
 def space_hash(space: dict[str, Any]) -> str:
@@ -70,8 +66,6 @@ def parse_metric(spec: dict[str, Any], path: Path) -> tuple[str, str]:
 def parse_search(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """The search block stored in sweep.json, and notes to print (what was mapped from W&B's schema)."""
     notes: list[str] = []
-    if is_wandb(spec):
-        spec, notes = _from_wandb(spec, path)
     method = spec.get("method")
     if method not in METHODS:
         raise FtlError(f"{path}: method={method!r} is not a method{did_you_mean(str(method), [*METHODS, 'grid'])}; "
@@ -111,14 +105,21 @@ def check_distribution(key: str, dist: Any, path: Path, keys: list[str]) -> None
         raise FtlError(f"{path}: space.{key}={dist!r}: use {{choice: [...]}}, {{uniform: [lo, hi]}}, "
                        "{loguniform: [lo, hi]} or {int: [lo, hi]}")  # fmt: skip
     kinds = [k for k in dist if k in DISTRIBUTIONS]
-    extra = set(dist) - set(DISTRIBUTIONS) - {"q", "when"}
+    extra = set(dist) - set(DISTRIBUTIONS) - {"q", "when", "probabilities", "type"}
     if len(kinds) != 1 or extra:
-        raise FtlError(f"{path}: space.{key}: one of {', '.join(DISTRIBUTIONS)} (plus q, when), got {sorted(dist)}")
+        raise FtlError(f"{path}: space.{key}: one of {', '.join(DISTRIBUTIONS)} (plus q, when, probabilities, type), "
+                       f"got {sorted(dist)}")  # fmt: skip
     kind, args = kinds[0], dist[kinds[0]]
     where = f"{path}: space.{key}"
+    if dist.get("type") not in (None, "int", "float"):
+        raise FtlError(f"{where}: type={dist['type']!r} must be int or float")
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise FtlError(f"{where}: choice needs a non-empty list of values")
+        probs = dist.get("probabilities")
+        if probs is not None and (not isinstance(probs, list) or len(probs) != len(args)
+                                  or not all(_number(x) and x >= 0 for x in probs) or not math.isclose(sum(probs), 1.0, rel_tol=1e-5)):
+            raise FtlError(f"{where}: probabilities must be one number >= 0 per choice, summing to 1")  # fmt: skip
     else:
         if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
             raise FtlError(f"{where}: {kind} needs [low, high], got {args!r}")
@@ -171,104 +172,9 @@ def parse_pruner(block: Any, path: Path) -> dict[str, Any] | None:
     return out
 
 
-# ---------------------------------------------------------------- W&B sweep files
+def checked_overrides(space: dict[str, Any]) -> list[list[str]]:
+    """What a dry run checks before anything runs: 50 draws of the space as the workers ask them (its rounding, its
+    types) and every parameter at each end - not only the ends of the ranges (jobs/study.py `draws`)."""
+    from jobs.study import draws
 
-
-INSTEAD = {"controller": "ftl's workers ask the study themselves (no controller): remove it",
-           "imputation": "failed trials count against n_trials and are not imputed: remove it",
-           "entity": "set it with `ftl sync --entity` or tracking.entity in overrides"}  # fmt: skip
-
-
-def check_wandb_keys(spec: dict[str, Any], path: Path) -> None:
-    """A W&B sweep key ftl does not read: named, with what ftl does instead."""
-    for key in sorted(set(spec) - WANDB_KEYS):
-        instead = INSTEAD.get(key, "ftl reads method, metric, parameters, early_terminate and run_cap (and its own "
-                                   "recipe, overrides, n_trials, max_parallel, seed)")  # fmt: skip
-        raise FtlError(f"{path}: W&B sweep key '{key}' is not supported by ftl; {instead}")
-
-
-def _from_wandb(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
-    """A W&B sweep file in ftl's terms, and what was mapped (said in one line)."""
-    check_wandb_keys(spec, path)
-    notes = []
-    method = spec.get("method")
-    if method not in WANDB_METHODS:
-        raise FtlError(f"{path}: W&B method={method!r}: ftl runs bayes (as tpe), random and grid")
-    out: dict[str, Any] = {k: v for k, v in spec.items() if k in ("recipe", "overrides", "seed", "max_parallel", "n_trials", "metric")}
-    out["method"] = WANDB_METHODS[method]
-    if method == "bayes":
-        notes.append("method bayes -> tpe")
-    if "run_cap" in spec:
-        out["n_trials"] = spec["run_cap"]
-        notes.append(f"run_cap {spec['run_cap']} -> n_trials")
-    for key in ("program", "command"):
-        if key in spec:
-            notes.append(f"{key} ignored (ftl trains its recipe)")
-    space = {}
-    params = spec["parameters"]
-    if not isinstance(params, dict) or not params:
-        raise FtlError(f"{path}: parameters must map names to {{values|value|distribution + min/max}}")
-    for name, p in params.items():
-        key = _ftl_key(str(name), path)
-        if key != name:
-            notes.append(f"{name} -> {key}")
-        space[key] = _wandb_distribution(str(name), p, path)
-    out["space"] = space
-    if "early_terminate" in spec:
-        et = spec["early_terminate"]
-        if not isinstance(et, dict) or et.get("type") != "hyperband":
-            raise FtlError(f"{path}: early_terminate: W&B's hyperband is supported (type: hyperband), got {et!r}")
-        out["early_stop"] = {"type": "hyperband", **{k: v for k, v in et.items() if k != "type"}}
-        notes.append("early_terminate hyperband -> Optuna's HyperbandPruner")
-    return out, notes
-
-
-def _ftl_key(name: str, path: Path) -> str:
-    """A W&B parameter name as an ftl config key: the key itself, or the one key whose last part it names."""
-    keys = config_lib.schema_keys()
-    if name in keys:
-        return name
-    leaf = KEY_SYNONYMS.get(name.lower(), name)
-    found = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-    if len(found) == 1:
-        return found[0]
-    raise FtlError(f"{path}: parameter '{name}' is not an ftl config key"
-                   f"{did_you_mean(name, keys) if not found else ' (several keys end so: ' + ', '.join(found) + ')'}; "
-                   "name it by its key (e.g. optim.lr)")  # fmt: skip
-
-
-def _wandb_distribution(name: str, p: Any, path: Path) -> dict[str, Any]:
-    where = f"{path}: parameters.{name}"
-    if not isinstance(p, dict):
-        raise FtlError(f"{where}: use {{values: [...]}}, {{value: x}} or {{distribution: ..., min: ..., max: ...}}")
-    if "value" in p:
-        return {"choice": [p["value"]]}
-    if "values" in p:
-        return {"choice": list(p["values"])}
-    dist = p.get("distribution", "uniform" if "min" in p else None)
-    lo, hi, q = p.get("min"), p.get("max"), p.get("q")
-    table = {"uniform": ("uniform", False), "int_uniform": ("int", False), "log_uniform_values": ("loguniform", False),
-             "q_uniform": ("uniform", False), "q_log_uniform_values": ("loguniform", False),
-             "log_uniform": ("loguniform", True), "q_log_uniform": ("loguniform", True)}  # fmt: skip
-    if dist not in table:
-        raise FtlError(f"{where}: distribution {dist!r} is not supported by ftl (Optuna has no {dist}); use "
-                       "uniform, int_uniform, log_uniform_values, q_uniform or values")  # fmt: skip
-    kind, exponents = table[dist]
-    if not (_number(lo) and _number(hi)):
-        raise FtlError(f"{where}: {dist} needs numeric min and max")
-    if exponents:  # W&B's log_uniform takes min/max as natural-log exponents
-        lo, hi = math.exp(lo), math.exp(hi)
-    out: dict[str, Any] = {kind: [lo, hi]}
-    if q is not None or dist.startswith("q_"):
-        out["q"] = q if q is not None else 1
-    return out
-
-
-def corner_overrides(space: dict[str, Any]) -> list[list[str]]:
-    """Configs to check before anything runs: every parameter at each of its extremes (every choice; low, high),
-    the others at their first value - so a constant parameter (W&B's `value:`) is in every one."""
-    extremes = {k: d.get("choice") or d.get("uniform") or d.get("loguniform") or d.get("int") or [] for k, d in space.items()}
-    first = {k: v[0] for k, v in extremes.items() if v}
-    corners = [[f"{k}={format_value(value if k == key else first[k])}" for k in first]
-               for key, values in extremes.items() for value in values]
-    return list({tuple(c): c for c in corners}.values())  # each distinct config once
+    return draws(space, 50)

@@ -88,10 +88,14 @@ class SlurmExecutor(Executor):
         python = f"{c.python or shlex.quote(sys.executable)} -m jobs.boot"
         executor = submitit.SlurmExecutor(folder=self.sweep_dir / "logs" / "%A", max_num_timeout=c.max_num_timeout,
                                           python=python)  # fmt: skip
-        params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), cpus_per_task=c.cpus_per_task,
-                      mem=f"{int(c.mem_gb * 1024)}M", time=math.ceil(c.timeout_min or 60), partition=c.partition,
-                      array_parallelism=min(c.array_parallelism, array_size), setup=setup, job_name=job_name,
-                      additional_parameters=dict(c.additional_parameters), signal_delay_s=c.signal_delay_s)  # fmt: skip
+        params = dict(nodes=c.nodes, ntasks_per_node=tasks_per_node(c), time=math.ceil(c.timeout_min or 60),
+                      partition=c.partition, array_parallelism=min(c.array_parallelism, array_size), setup=setup,
+                      job_name=job_name, additional_parameters=dict(c.additional_parameters),
+                      signal_delay_s=c.signal_delay_s, **c.slurm)  # fmt: skip
+        if c.cpus_per_task is not None:
+            params["cpus_per_task"] = c.cpus_per_task
+        if c.mem_gb is not None:
+            params["mem"] = f"{int(c.mem_gb * 1024)}M"
         if c.gpus_per_node:
             params["gpus_per_node"] = c.gpus_per_node
         for key in ("account", "qos", "constraint", "exclude", "gres"):

@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from core import config as config_lib
 from core.config import format_value
 from core.errors import FtlError, did_you_mean
 
 SWEEP_KEYS = ("recipe", "name", "overrides", "grid", "zip", "random", "seeds", "metric", "mode", "early_stop",
-              "method", "space", "n_trials", "max_parallel", "seed", "stale_after_s", "program", "max_attempts")  # fmt: skip
+              "method", "space", "n_trials", "max_parallel", "seed", "stale_after_s", "program", "max_attempts",
+              "run_cap")  # fmt: skip
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 
 
@@ -56,10 +59,13 @@ class Sweep:
     search: dict[str, Any] | None = None  # an adaptive search (launcher/search.py); None: trials fixed up front
     notes: list[str] = field(default_factory=list)  # what was read how (a W&B file's mapping), said once
     max_attempts: int = 3  # a trial that failed (or whose worker died) this often is not run again
+    max_parallel: int | None = None  # a grid's trials at a time, from the file or the command line (None: the cluster's)
 
 
 def trial_id(overrides: list[str]) -> str:
-    return hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()[:10]
+    """A trial's id: 64 bits of a hash of its overrides (the same file gives the same ids; at 10^7 trials two
+    collide with probability ~3e-6)."""
+    return hashlib.sha1("\n".join(sorted(overrides)).encode()).hexdigest()[:16]
 
 
 def _as_list(block: str, key: str, values: Any, path: str) -> list:
@@ -127,101 +133,139 @@ def _distribution(key: str, spec: Any, path: str):
         raise FtlError(f"{path}: random.params.{key}: {kind} needs [low, high] with low <= high ({e})") from None
 
 
-SEARCH_SETTINGS = ("n_trials", "run_cap", "max_parallel", "seed", "max_attempts")  # sweep-level settings a command line may set
+SWEEP_SETTINGS = ("n_trials", "run_cap", "max_parallel", "seed", "max_attempts", "stale_after_s", "recipe")
+SEARCH_ONLY = ("n_trials", "seed", "stale_after_s", "program", "space")
 
 
-def load_sweep(path: str | Path, extra_overrides: list[str] | None = None) -> Sweep:
-    """Read, expand and validate a sweep file (ftl's or W&B's); raise one FtlError naming the file, key and value."""
-    from launcher import search as search_lib
-
+def find_sweep_file(path: str | Path) -> Path:
+    """A path, or the name of a shipped sweep file (jobs/sweeps/NAME.yaml) - from any directory."""
     path = Path(path)
-    if not path.is_file():
-        named = config_lib.RECIPES_DIR.parent / "sweeps" / f"{path}.yaml"
-        if not named.is_file():
-            raise FtlError(f"sweep file not found: {path}")
-        path = named
+    if path.is_file():
+        return path
+    named = config_lib.RECIPES_DIR.parent / "sweeps" / f"{path}.yaml"
+    if named.is_file():
+        return named
+    shipped = sorted(p.stem for p in named.parent.glob("*.yaml"))
+    raise FtlError(f"sweep file not found: {path}{did_you_mean(str(path), shipped)} (a path, or a shipped sweep: "
+                   f"{', '.join(shipped)})")  # fmt: skip
+
+
+def load_sweep(path: str | Path, extra_overrides: list[str] | None = None, recipe: str | None = None) -> Sweep:
+    """Read, expand and validate a sweep file (ftl's or W&B's); raise one FtlError naming the file, key and value.
+    The command line may set the sweep's own settings (n_trials=40, max_parallel=1, recipe=NAME or `recipe`), add
+    grid axes (a=1,2) and override any key: a single value for a swept key replaces its axis (said in a note)."""
+    from launcher import search as search_lib
+    from launcher import wandb_sweep
+
+    path = find_sweep_file(path)
     spec = config_lib.read_yaml_mapping(path, "sweep file")
-    extra = list(extra_overrides or [])
-    for item in [o for o in extra if o.split("=", 1)[0] in SEARCH_SETTINGS]:  # n_trials=40 on the command line
-        spec[item.split("=", 1)[0]] = config_lib.parse_override(f"optim.lr={item.split('=', 1)[1]}")[1]
+    extra, notes = list(extra_overrides or []), []
+    for item in [o for o in extra if o.split("=", 1)[0] in SWEEP_SETTINGS]:  # n_trials=40 on the command line
+        key, text = item.split("=", 1)
+        spec[key] = yaml.load(text, Loader=config_lib.YamlLoader)
         extra.remove(item)
-    notes: list[str] = []
-    if search_lib.is_wandb(spec):
-        search_lib.check_wandb_keys(spec, path)
-    if search_lib.is_wandb(spec) and spec.get("method") == "grid":
-        spec, notes = _wandb_grid(spec, path)
-    adaptive = search_lib.is_wandb(spec) or spec.get("method") in search_lib.METHODS
-    allowed = search_lib.WANDB_KEYS if search_lib.is_wandb(spec) else SWEEP_KEYS
+    if recipe:
+        spec["recipe"] = recipe
+    if wandb_sweep.is_wandb(spec):
+        spec, notes = wandb_sweep.read(spec, path)
+        if "recipe" not in spec:
+            spec["recipe"] = "fine_tune"
+            notes.append("recipe fine_tune (the file names none: --recipe NAME or recipe=NAME chooses)")
     for key in spec:
-        if key not in allowed:
-            raise FtlError(f"{path}: unknown sweep key '{key}'{did_you_mean(key, allowed)}")
-    if spec.get("method") not in (None, "grid", *search_lib.METHODS, *search_lib.WANDB_METHODS):
+        if key not in SWEEP_KEYS:
+            raise FtlError(f"{path}: unknown sweep key '{key}'{did_you_mean(key, SWEEP_KEYS)}")
+    method = spec.get("method")
+    if method not in (None, "grid", *search_lib.METHODS):
         search_lib.parse_search(spec, path)  # names the unknown method and what exists
     if "recipe" not in spec:
-        if not search_lib.is_wandb(spec):
-            raise FtlError(f"{path}: 'recipe' is required (the base recipe every trial starts from)")
-        spec = {**spec, "recipe": "fine_tune"}
-        notes.append("recipe fine_tune (a W&B sweep file names none: add `recipe:` to choose)")
+        raise FtlError(f"{path}: 'recipe' is required (the base recipe every trial starts from): add recipe: NAME, "
+                       "or give --recipe NAME")  # fmt: skip
     metric, mode = search_lib.parse_metric(spec, path)
     max_attempts = spec.get("max_attempts", 3)
     if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
         raise FtlError(f"{path}: max_attempts={max_attempts!r} must be an integer >= 1 (how often a failing trial runs)")
-    if adaptive:
+    spec, fixed, cli_notes = _command_line(spec, extra, path)
+    notes += cli_notes
+    fixed = [*(str(o) for o in spec.get("overrides") or []), *fixed]
+    if method in search_lib.METHODS:
         search, mapped = search_lib.parse_search(spec, path)
         notes += mapped
-        fixed = [*(spec.get("overrides") or []), *extra]
         trials = [Trial(f"w{i}", []) for i in range(search["max_parallel"])]
-        sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed], metric,
-                      mode, search["early_stop"], trials, spec, search={**search, "max_attempts": max_attempts}, notes=notes,
+        sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), fixed, metric, mode,
+                      search["early_stop"], trials, spec, search={**search, "max_attempts": max_attempts}, notes=notes,
                       max_attempts=max_attempts)  # fmt: skip
-        validate(sweep, search_lib.corner_overrides(search["space"]))
+        validate(sweep, search_lib.checked_overrides(search["space"]))
         return sweep
+    for key in SEARCH_ONLY:
+        if key in spec:
+            raise FtlError(f"{path}: {key} belongs to a search (method: tpe, gp, cmaes, qmc or random with a space); "
+                           "a grid runs every combination: remove it (or cap a W&B grid with run_cap)")  # fmt: skip
     seeds = spec.get("seeds") or []
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise FtlError(f"{path}: seeds must be a list of ints, got {seeds!r}")
-    axes = {o.split("=", 1)[0]: values for o in extra if (values := config_lib.comma_values(o))}  # Hydra: a=1,2
-    if axes:
-        grid = spec.get("grid") or {}
-        if not isinstance(grid, dict):
-            raise FtlError(f"{path}: grid must map keys to lists of values")
-        spec = {**spec, "grid": {**grid, **{k: [config_lib.parse_override(f"{k}={v}")[1] for v in vs]
-                                          for k, vs in axes.items()}}}  # fmt: skip
-    fixed = [*(spec.get("overrides") or []), *(o for o in extra if o.split("=", 1)[0] not in axes)]
     blocks = [_grid(spec, path), _zip(spec, path), _random(spec, path), [[f"train.seed={s}"] for s in seeds] or [[]]]
     combos = [sum(parts, []) for parts in itertools.product(*blocks)]
     if spec.get("grid") == {} or not combos:
         raise FtlError(f"{path}: the sweep expands to no trial (empty grid?)")
+    if spec.get("run_cap") is not None:
+        notes.append(f"run_cap {spec['run_cap']} of {len(combos)} grid combinations: the first {min(spec['run_cap'], len(combos))} "
+                     "in W&B's order")  # fmt: skip
+        combos = combos[: spec["run_cap"]]
     trials = [Trial(trial_id(c), c) for c in combos]
     if len({t.id for t in trials}) != len(trials):
         raise FtlError(f"{path}: some trials have identical overrides; remove the duplicate values")
     early = search_lib.parse_pruner(spec.get("early_stop"), path)
-    sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), [str(o) for o in fixed], metric,
-                  mode, early, trials, spec, notes=notes, max_attempts=max_attempts)  # fmt: skip
+    sweep = Sweep(str(path), spec.get("name") or path.stem, str(spec["recipe"]), fixed, metric, mode, early, trials,
+                  spec, notes=notes, max_attempts=max_attempts, max_parallel=_max_parallel(spec, path, notes))  # fmt: skip
     validate(sweep)
     return sweep
 
 
-def _wandb_grid(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
-    """A W&B `method: grid` file as ftl's grid: every parameter a list of values (or one value)."""
-    from launcher.search import _ftl_key
+def _max_parallel(spec: dict[str, Any], path: Path, notes: list[str]) -> int | None:
+    value = spec.get("max_parallel")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise FtlError(f"{path}: max_parallel={value!r} must be an integer >= 1 (trials at a time)")
+    notes.append(f"max_parallel {value}: trials at a time (the cluster's max_parallel / array_parallelism)")
+    return value
 
-    grid, notes = {}, []
-    for name, p in (spec.get("parameters") or {}).items():
-        key = _ftl_key(str(name), path)
-        if key != name:
-            notes.append(f"{name} -> {key}")
-        if isinstance(p, dict) and "values" in p:
-            grid[key] = list(p["values"])
-        elif isinstance(p, dict) and "value" in p:
-            grid[key] = [p["value"]]
-        else:
-            raise FtlError(f"{path}: parameters.{name}: a grid needs values (or value), not a distribution; use "
-                           "method: bayes or random for distributions")  # fmt: skip
-    out = {k: v for k, v in spec.items() if k in ("recipe", "overrides", "metric", "name")}
-    if "early_terminate" in spec:
-        et = spec["early_terminate"]
-        out["early_stop"] = {"type": "hyperband", **{k: v for k, v in et.items() if k != "type"}}
-    return {**out, "grid": grid}, notes
+
+def _command_line(spec: dict[str, Any], extra: list[str], path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The command line's key=value items: `a=1,2` a new grid axis (Hydra's syntax); a single value for a key the
+    sweep varies replaces that axis (grid, zip, random or search space) - said in a note; the rest apply to every
+    trial. Returns (spec, fixed overrides, notes)."""
+    spec = dict(spec)
+    fixed, notes = [], []
+    search = spec.get("method") in (None, "grid")
+    for item in extra:
+        key = item.split("=", 1)[0].lstrip("+")
+        values = config_lib.comma_values(item)
+        if values:
+            if not search:
+                raise FtlError(f"{path}: {item}: a comma list on the command line is a grid axis; in a search, write "
+                               f"{key} in the space (choice: [...])")  # fmt: skip
+            grid = spec.get("grid") or {}
+            if not isinstance(grid, dict):
+                raise FtlError(f"{path}: grid must map keys to lists of values")
+            spec["grid"] = {**grid, key: [config_lib.parse_override(f"{key}={v}")[1] for v in values]}
+            continue
+        swept = [block for block in ("grid", "zip") if key in (spec.get(block) or {})]
+        swept += ["random"] if key in ((spec.get("random") or {}).get("params") or {}) else []
+        swept += ["space"] if key in (spec.get("space") or {}) else []
+        for block in swept:
+            if block == "random":
+                spec["random"] = {**spec["random"], "params": {k: v for k, v in spec["random"]["params"].items() if k != key}}
+            else:
+                spec[block] = {k: v for k, v in spec[block].items() if k != key}
+            notes.append(f"{item} on the command line replaces the {'search space' if block == 'space' else block}'s {key} "
+                         "(every trial gets it)")  # fmt: skip
+        if "random" in swept and not spec["random"]["params"]:
+            spec.pop("random")
+        if "space" in swept and not spec["space"]:
+            raise FtlError(f"{path}: {item} on the command line leaves the search space empty: nothing to search")
+        fixed.append(item)
+    return spec, fixed, notes
 
 
 def validate(sweep: Sweep, check_overrides: list[list[str]] | None = None) -> None:

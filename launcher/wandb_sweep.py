@@ -87,7 +87,7 @@ def read(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
         return out, notes
     out["method"] = METHODS[method]
     if method == "bayes":
-        notes.append("method bayes -> tpe (Optuna's Bayesian sampler)")
+        notes.append("method bayes -> tpe")
     if "n_trials" not in out:
         if run_cap is None:
             raise FtlError(f"{path}: no run_cap: W&B would run this {method} sweep until stopped (as `wandb agent` "
@@ -207,15 +207,16 @@ def _flatten(params: dict[str, Any], path: Path, where: str, section: str | None
 
 
 def _number(p: dict[str, Any], key: str, where: str, path: Path, notes: list[str]) -> float | int:
-    """A numeric field; a number YAML read as text (`1e-3`: YAML 1.1 needs `1.0e-3`) is taken as the number."""
+    """A numeric field. Text is refused as W&B refuses it - with the fix for the usual cause: a quoted number, or
+    `1e-3` read by a YAML 1.1 parser (W&B's) as a string."""
     value = p[key]
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             raise FtlError(f"{path}: {where}.{key}={value!r} is not a number") from None
-        notes.append(f"{where}.{key} '{value}' read as {number:g}")
-        return number
+        raise FtlError(f"{path}: {where}.{key}={value!r} is text: YAML 1.1 reads {value} as a string (W&B: is not of "
+                       f"type 'number'); write {number!r} unquoted, with a dot before the exponent (1.0e-3)")  # fmt: skip
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise FtlError(f"{path}: {where}.{key}={value!r} is not a number")
     return value
@@ -324,3 +325,48 @@ def _q_uniform(lo: float, hi: float, q: float, method: str) -> Any:
     if integer:
         return {"int": [int(first), int(last)], "q": q}
     return {"uniform": [round(first, 12), round(last, 12)], "q": q}
+
+
+def _early_terminate(et: Any, path: Path, notes: list[str]) -> dict[str, Any]:
+    """W&B's hyperband stopping as successive halving from its first band: bands min_iter x eta^k, or
+    max_iter / eta^k for k = 1..s (hyperband_stopping.py); a run is stopped at a band when its best is not in the
+    top 1/eta there - what Optuna's SuccessiveHalvingPruner does at those epochs."""
+    if not isinstance(et, dict) or et.get("type") != "hyperband":
+        kind = et.get("type") if isinstance(et, dict) else et
+        raise FtlError(f"{path}: early_terminate type {kind!r}: W&B: Invalid early stopping type, must be one of "
+                       "[\"hyperband\"]; write type: hyperband")  # fmt: skip
+    unknown = sorted(set(et) - {"type", "min_iter", "max_iter", "s", "eta", "strict"})
+    if unknown:
+        raise FtlError(f"{path}: early_terminate.{unknown[0]} is not a W&B hyperband key; use min_iter, or max_iter "
+                       "and s, with eta")  # fmt: skip
+    eta = et.get("eta", 3)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 1:
+        raise FtlError(f"{path}: early_terminate.eta={eta!r} must be a number > 1 (W&B)")
+    if not float(eta).is_integer():
+        raise FtlError(f"{path}: early_terminate.eta={eta}: ftl keeps the top 1/eta of trials at each stop with a whole "
+                       f"eta; write eta: {max(2, round(eta))}")  # fmt: skip
+    if "max_iter" in et:
+        if not isinstance(et.get("s"), int) or isinstance(et.get("s"), bool):
+            raise FtlError(f"{path}: early_terminate: max_iter needs s, the number of bands (W&B)")
+        band, bands = float(et["max_iter"]), []
+        for _ in range(et["s"]):
+            band /= eta
+            if band < 1:
+                break
+            bands.append(int(band))
+        if not bands:
+            raise FtlError(f"{path}: early_terminate: W&B: Bands must be an array of length at least 1. Try increasing "
+                           "s, decreasing eta, or increasing min_iter.")  # fmt: skip
+        first = min(bands)
+    elif "min_iter" in et:
+        first = et["min_iter"]
+        if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+            raise FtlError(f"{path}: early_terminate.min_iter={first!r} must be an integer >= 1 (W&B)")
+    else:
+        raise FtlError(f"{path}: early_terminate: W&B: invalid config for hyperband stopping: either \"max_iter\" or "
+                       "\"min_iter\" must be specified; add min_iter: 1")  # fmt: skip
+    if "strict" in et:
+        notes.append("early_terminate.strict not used (W&B's controller does not read it either)")
+    notes.append(f"early_terminate hyperband -> successive halving: first stop at epoch {first}, then every x{int(eta)}")
+    return {"type": "asha", "min_epochs": first, "reduction_factor": int(eta),
+            "max_epochs": et.get("max_iter") if isinstance(et.get("max_iter"), int) else None}  # fmt: skip

@@ -39,13 +39,7 @@ def fmnist(tmp_path_factory) -> Path:
 MOBILENET = {"model.name": "mobilenetv2_100", "model.pretrained": "mobilenetv2_100.tv_in1k"}  # ImageNet weights
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """With pytest-xdist (`-n`), every test that uses the SLURM cluster runs on one worker (`--dist loadgroup`):
-    they share the queue, and the session's check that tests leave it as they found it."""
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if "slurm" in item.fixturenames or params.get("kind") == "slurm":
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+SLURM_GROUP = pytest.mark.xdist_group("slurm")  # with pytest-xdist: every SLURM test on one worker (--dist loadgroup)
 
 
 def lfw_overrides(lfw: Path, **extra) -> list[str]:
@@ -177,3 +171,4 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+

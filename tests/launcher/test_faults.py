@@ -20,7 +20,7 @@ import yaml
 
 from launcher import event_log
 from launcher import manifest as mf
-from tests.conftest import REPO, TINY, fault, ftl, wait_for
+from tests.conftest import REPO, SLURM_GROUP, TINY, fault, ftl, wait_for
 
 pytestmark = pytest.mark.slow
 FTL = [sys.executable, "-m", "launcher.cli"]
@@ -98,7 +98,7 @@ def cancel_everything(sweep_dir: Path, name_prefix: str, kind: str) -> None:
             subprocess.run(["scancel", "--name", name])
 
 
-@pytest.fixture(params=["local", "slurm"])
+@pytest.fixture(params=["local", pytest.param("slurm", marks=SLURM_GROUP)])
 def kind(request):
     if request.param == "slurm":
         request.getfixturevalue("slurm")
@@ -112,7 +112,8 @@ KILLS = {"local": ["after-intent", "after-sbatch", "after-intent:int"],
          "slurm": ["after-intent@2", "after-sbatch", "after-sbatch@3", "after-intent@2:int"]}  # fmt: skip
 
 
-@pytest.mark.parametrize(("kind", "point"), [(k, p) for k, ps in KILLS.items() for p in ps], indirect=["kind"])
+@pytest.mark.parametrize(("kind", "point"), [pytest.param(k, p, marks=[SLURM_GROUP] * (k == "slurm"))
+                                             for k, ps in KILLS.items() for p in ps], indirect=["kind"])
 def test_a_sweep_killed_at_each_step_of_its_submission_resumes_exactly(kind, point, tmp_path):
     """`ftl sweep` stopped by kill -9 (or Ctrl-C: `:int`) at a named step - an intent written, sbatch returned,
     on the second or third of three arrays (MaxArraySize 101 in the test cluster): what was queued is recorded
@@ -153,6 +154,7 @@ def fake_sbatch(tmp_path: Path, script: str) -> dict[str, str]:
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
+@SLURM_GROUP
 def test_kill_between_sbatch_and_the_record_is_settled_by_resume(slurm, tmp_path):
     """The job is queued, ftl dies before writing its id and before submitit placed the job's pickle (inside
     sbatch's return): status shows the trials SUBMITTING; resume cancels the orphan array and queues them once."""
@@ -176,6 +178,7 @@ def test_kill_between_sbatch_and_the_record_is_settled_by_resume(slurm, tmp_path
     cancel_everything(out, "ftl-mid-", "slurm")
 
 
+@SLURM_GROUP
 def test_jobs_queued_but_not_recorded_are_adopted(slurm, tmp_path):
     """ftl died after the array and its pickles were in place but before the job ids were appended: the jobs are
     adopted (recorded), none cancelled and none queued again."""
@@ -195,6 +198,7 @@ def test_jobs_queued_but_not_recorded_are_adopted(slurm, tmp_path):
     cancel_everything(out, "ftl-adopt-", "slurm")
 
 
+@SLURM_GROUP
 def test_a_failing_later_array_keeps_what_was_queued(slurm, tmp_path):
     """250 trials = arrays of 101 + 101 + 48; sbatch refuses the second: the first stays queued and recorded, the
     error says so in one line, and resume queues exactly the other 149."""
@@ -217,6 +221,7 @@ def test_a_failing_later_array_keeps_what_was_queued(slurm, tmp_path):
     cancel_everything(out, "ftl-later-", "slurm")
 
 
+@SLURM_GROUP
 def test_first_batch_refused_leaves_nothing(slurm, tmp_path):
     env = fake_sbatch(tmp_path, 'echo "sbatch: error: Batch job submission failed: Invalid account" >&2; exit 1')
     out = tmp_path / "sw"
@@ -304,6 +309,7 @@ def test_a_resume_while_the_runner_exits_is_run(tmp_path, point):
 # ---------------------------------------------------------------- SLURM states from outside ftl
 
 
+@SLURM_GROUP
 def test_array_cancelled_by_name_outside_ftl(slurm, tmp_path):
     out = tmp_path / "sw"
     path = sweep_yaml(tmp_path, "byname", 6, empty_dataset(tmp_path))
@@ -328,6 +334,7 @@ def running_trial(tmp_path, lfw, name: str) -> tuple[Path, mf.TrialRecord]:
     return out, next(iter(mf.read(out).trials.values()))
 
 
+@SLURM_GROUP
 def test_requeue_then_cancel_sticks(slurm, lfw, tmp_path):
     out, trial = running_trial(tmp_path, lfw, "rq")
     subprocess.run(["scontrol", "requeue", trial.job_id], check=True)
@@ -340,6 +347,7 @@ def test_requeue_then_cancel_sticks(slurm, lfw, tmp_path):
     wait_for(lambda: not squeue("ftl-rq-"), 60, "the job to leave the queue")
 
 
+@SLURM_GROUP
 def test_requeue_hold_is_settled_and_resumed(slurm, lfw, tmp_path):
     out, trial = running_trial(tmp_path, lfw, "rh")
     wait_for(lambda: list((out / trial.run_dir / "checkpoints").glob("step_*/trainer.json")), 120, "a checkpoint")
@@ -351,6 +359,7 @@ def test_requeue_hold_is_settled_and_resumed(slurm, lfw, tmp_path):
     cancel_everything(out, "ftl-rh-", "slurm")
 
 
+@SLURM_GROUP
 def test_a_job_purged_from_accounting_is_lost_then_resumed(slurm, tmp_path):
     out = tmp_path / "sw"
     path = sweep_yaml(tmp_path, "purged", 2, empty_dataset(tmp_path))
@@ -420,6 +429,7 @@ def shutil_copytree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("sweep.lock", ".local_runner.lock"))
 
 
+@SLURM_GROUP
 def test_secrets_never_reach_a_file(slurm, tmp_path, monkeypatch):
     """A secret-looking env value of the cluster file, and a name in `secrets` taken from the submitting shell, reach
     the job through the environment only: no file of the sweep dir holds them (sbatch scripts included)."""
@@ -443,6 +453,7 @@ def test_secrets_never_reach_a_file(slurm, tmp_path, monkeypatch):
     assert not (tmp_path / "sw2").exists()
 
 
+@SLURM_GROUP
 def test_slurm_time_strings_are_read_as_slurm_reads_them(slurm, tmp_path):
     for given, minutes in (("1:00:00", 60), ("2-00:00:00", 2880), (90, 90), ("45:30", 46)):
         out = tmp_path / f"t{minutes}"

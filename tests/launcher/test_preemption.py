@@ -9,9 +9,9 @@ import yaml
 from safetensors.torch import load_file
 
 from launcher import manifest as mf
-from tests.conftest import REPO, TINY, ftl, wait_for
+from tests.conftest import REPO, SLURM_GROUP, TINY, ftl, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, SLURM_GROUP]
 
 
 def sweep(tmp_path, lfw, name: str, **spec) -> object:

@@ -15,7 +15,7 @@ import yaml
 from core.errors import FtlError
 from launcher import manifest as mf
 from launcher.sweep import load_sweep
-from tests.conftest import REPO, TINY, run_ftl, wait_for
+from tests.conftest import REPO, SLURM_GROUP, TINY, ftl, run_ftl, wait_for
 
 
 def search_file(tmp_path: Path, name="s", program="jobs.objectives:quadratic", **spec) -> Path:
@@ -76,20 +76,23 @@ def test_a_wandb_sweep_file_runs_as_it_is(tmp_path):
         "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 3}}))  # fmt: skip
     sweep = load_sweep(path)
     s = sweep.search
-    assert s["method"] == "tpe" and s["n_trials"] == 6 and s["early_stop"]["type"] == "hyperband"
-    assert set(s["space"]) == {"optim.lr", "data.batch_size", "train.epochs", "data.train_dir"}
+    assert s["method"] == "tpe" and s["n_trials"] == 6  # W&B's hyperband stops as successive halving does
+    assert s["early_stop"] == {"type": "asha", "min_epochs": 1, "reduction_factor": 3, "max_epochs": None}
+    assert set(s["space"]) == {"optim.lr", "data.batch_size"}  # `value:` is a constant: every trial's, not searched
+    assert "train.epochs=2" in sweep.overrides and f"data.train_dir={tmp_path}" in sweep.overrides
     assert s["space"]["optim.lr"] == {"loguniform": [1e-4, 1e-2]}
     assert "method bayes -> tpe" in sweep.notes and "learning_rate -> optim.lr" in sweep.notes
     proc = run_ftl("sweep", path, "--dry-run")
     assert proc.returncode == 0 and proc.stdout.count("ftl: read as:") == 1, proc.stderr  # the mapping, one line
-    for bad, pattern in (({"controller": {"type": "local"}}, r"W&B sweep key 'controller' is not supported"),
+    for bad, pattern in (({"imputation": "best"}, r"W&B sweep key 'imputation' is not one W&B accepts"),
                          ({"parameters": {"lr": {"distribution": "normal", "mu": 0, "sigma": 1}}},
-                          r"distribution 'normal' is not supported"),
-                         ({"parameters": {"momentumm": {"values": [0.9]}}}, r"parameter 'momentumm' is not an ftl"),
-                         ({"run_cap": None, "method": "random"}, r"n_trials \(the budget; W&B: run_cap\)")):  # fmt: skip
-        path.write_text(yaml.safe_dump({"method": "bayes", "run_cap": 4, "parameters": {"epochs": {"value": 2}},
-                                        **bad}))  # fmt: skip
-        proc = run_ftl("sweep", path, "--dry-run")
+                          r"distribution normal has no bounds"),
+                         ({"parameters": {"momentumm": {"values": [0.9]}}}, r"'momentumm' names no ftl config key"),
+                         ({"run_cap": None, "method": "random"}, r"no run_cap: W&B would run this random sweep")):  # fmt: skip
+        spec = {"method": "bayes", "run_cap": 4, "metric": {"name": "val_top1", "goal": "maximize"},
+                "parameters": {"epochs": {"value": 2}, "lr": {"min": 1e-4, "max": 1e-2}}, **bad}  # fmt: skip
+        path.write_text(yaml.safe_dump({k: v for k, v in spec.items() if v is not None}))
+        proc = ftl("sweep", path, "--dry-run")
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert __import__("re").search(pattern, proc.stderr), proc.stderr
 
@@ -212,6 +215,7 @@ def test_a_refresh_never_shows_a_trial_older_than_its_worker(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@SLURM_GROUP
 def test_tpe_with_asha_on_slurm_from_a_wandb_file_survives_preemption_and_cancel(slurm, lfw, tmp_path):
     """Real fine-tuning trials: a W&B sweep file (bayes -> TPE, hyperband early_terminate), two worker slots on
     the local SLURM; one slot preempted (USR2) mid-trial checkpoints, requeues and resumes that trial exactly; the

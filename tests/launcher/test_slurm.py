@@ -10,10 +10,10 @@ import yaml
 from safetensors.torch import load_file
 
 from launcher import manifest as mf
-from tests.conftest import REPO, TINY, ftl, wait_for
+from tests.conftest import REPO, SLURM_GROUP, TINY, ftl, wait_for
 from tests.launcher.test_local_sweep import broken_images
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.slow, pytest.mark.slurm, SLURM_GROUP]
 
 
 def write_sweep(tmp_path, lfw, name="s", epochs=1, extra=(), **spec) -> Path:
