@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from typing import Any
 
 from core.errors import FtlError, did_you_mean
@@ -28,7 +30,6 @@ SUBMITIT_TO_FTL = {"time": "timeout_min", "ntasks_per_node": "tasks_per_node", "
                    "num_gpus": "gpus_per_node", "folder": "submitit_folder"}  # fmt: skip
 SLURM_ONLY = {"partition", "account", "qos", "constraint", "exclude", "gres", "nodes", "gpus_per_node",
               "array_parallelism", "signal_delay_s", "max_num_timeout", "setup", "additional_parameters"}  # fmt: skip
-OLD_HYDRA = {"cls", "params"}
 
 
 def submitit_parameters() -> set[str]:
@@ -39,16 +40,33 @@ def submitit_parameters() -> set[str]:
 
 
 def unwrap(data: dict[str, Any], path, notes: list[str]) -> dict[str, Any]:
-    """The launcher's keys: a `hydra: launcher:` block, or the file itself; Hydra-only keys settled."""
-    if set(data) & OLD_HYDRA and "params" in data:
-        raise FtlError(f"{path}: the Hydra 0.x submitit launcher format (cls / params / queue_parameters); ftl reads "
-                       "Hydra >= 1.0 launcher configs (hydra/launcher/submitit_slurm.yaml keys) and submitit's names")  # fmt: skip
+    """The launcher's keys - from a Hydra 0.x `cls/params` file, a config with a `hydra: launcher:` block, a
+    `conf/hydra/*.yaml` with a `launcher:` block, a primary config whose defaults pick the launcher, or the file
+    itself - with Hydra-only keys settled."""
+    if "params" in data and "cls" in data:
+        data = _hydra_0x(data, path, notes)
+    selected = _launcher_choice(data.get("defaults"))
+    block, where = None, ""
     if isinstance(data.get("hydra"), dict):
-        launcher = data["hydra"].get("launcher")
-        if not isinstance(launcher, dict):
-            raise FtlError(f"{path}: hydra has no launcher block: ftl reads a cluster from hydra.launcher")
-        notes.append("read hydra.launcher")
-        data = launcher
+        block, where = data["hydra"].get("launcher"), "hydra.launcher"
+    elif isinstance(data.get("launcher"), dict):
+        block, where = data["launcher"], "launcher (a conf/hydra/ file)"
+    if where or selected:
+        if block is not None and not isinstance(block, dict):
+            raise FtlError(f"{path}: {where}={block!r} must map launcher keys (timeout_min, partition, ...); write them "
+                           "under it, as in hydra/launcher/submitit_slurm.yaml")  # fmt: skip
+        others = sorted(set(data) - {"hydra", "launcher", "defaults"})
+        if not block and not selected:
+            raise FtlError(f"{path}: {where or 'the file'} is empty and its defaults pick no launcher: write "
+                           "`defaults: [override hydra/launcher: submitit_slurm]` or the launcher's keys under it")  # fmt: skip
+        notes.append(f"read {where or 'the launcher its defaults pick'}" + (f"; not read: {', '.join(others)} (the "
+                     "application's own config)" if others else ""))  # fmt: skip
+        data = dict(block or {})
+        if selected == "submitit_0x":  # Hydra 0.11's hydra/launcher/submitit.yaml: queue local
+            data.setdefault("executor", "local")
+            notes.append("hydra/launcher: submitit is Hydra 0.11's launcher, whose queue is local")
+        elif selected and "defaults" not in data:
+            data["defaults"] = [selected]
     data = dict(data)
     target = str(data.pop("_target_", "") or "")
     defaults = data.pop("defaults", None)
@@ -75,6 +93,40 @@ def unwrap(data: dict[str, Any], path, notes: list[str]) -> dict[str, Any]:
     return data
 
 
+def _launcher_choice(defaults: Any) -> str:
+    """The launcher a primary config's defaults list picks (`- override hydra/launcher: submitit_slurm`), or ''."""
+    for item in defaults if isinstance(defaults, list) else []:
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if str(key).removeprefix("override ").strip("/ ") == "hydra/launcher":
+                    return {"submitit": "submitit_0x"}.get(str(value), str(value))
+    return ""
+
+
+def _hydra_0x(data: dict[str, Any], path, notes: list[str]) -> dict[str, Any]:
+    """Hydra 0.11's submitit launcher (`cls`, `params: {queue, folder, queue_parameters: {slurm, local, auto}}`):
+    the queue it names, with that queue's parameters (submitit's raw names: time, mem, ntasks_per_node, job_name)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    params = data.get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("queue_parameters"), dict):
+        raise FtlError(f"{path}: params must hold queue and queue_parameters (Hydra 0.11's submitit launcher); "
+                       "or write Hydra >= 1.0's hydra/launcher/submitit_slurm.yaml keys")  # fmt: skip
+    queue = params.get("queue", "slurm")
+    if queue not in ("local", "slurm", "auto"):
+        raise FtlError(f"{path}: params.queue={queue!r}: Hydra's submitit launcher has local, slurm and auto")
+    executor = queue if queue != "auto" else ("slurm" if shutil.which("sbatch") else "local")
+    root = OmegaConf.create({"hydra": {"launcher": data, "sweep": {"dir": "<sweep dir>"}, "job": {"name": "<sweep>"}}})
+    try:
+        chosen = OmegaConf.to_container(root.hydra.launcher.params.queue_parameters.get(queue) or {}, resolve=True)
+    except OmegaConfBaseException as e:
+        raise FtlError(f"{path}: params.queue_parameters.{queue}: {str(e).splitlines()[0]}; write the value") from None
+    notes.append(f"Hydra 0.11 submitit launcher: queue {queue} -> executor {executor}")
+    chosen = {("name" if k == "job_name" else k): v for k, v in chosen.items()}  # type: ignore[union-attr]
+    return {**chosen, "executor": executor}
+
+
 def _defaults_base(defaults: Any) -> str:
     """submitit_slurm / submitit_local from a Hydra defaults list (`- submitit_slurm`, `- override
     hydra/launcher: submitit_slurm`)."""
@@ -87,24 +139,42 @@ def _defaults_base(defaults: Any) -> str:
     return ""
 
 
-def resolve_interpolations(data: dict[str, Any], path) -> dict[str, Any]:
-    """`${oc.env:VAR}`, `${oc.env:VAR,default}` from this environment; `???` (mandatory) refused with its key; other
-    `${...}` (Hydra's runtime values) only where ftl does not read the value (settled in `unwrap`)."""
+LABELS = {"comment"}  # keys that only label a job: an unresolvable one is dropped with a note
+
+
+def resolve_interpolations(data: dict[str, Any], path, notes: list[str] | None = None) -> dict[str, Any]:
+    """`${oc.env:VAR}`, `${oc.env:VAR,default}` from this environment; `???` (mandatory) refused with its key;
+    `${...}` naming the application's config (which ftl does not read): a label key (comment) is dropped with a
+    note, any other key refused with the value to write."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    notes = [] if notes is None else notes
+    # as Hydra resolves them: from the config's root, the launcher's siblings at hydra.launcher
+    root = OmegaConf.create({"hydra": {"launcher": data, "sweep": {"dir": "<sweep dir>"}, "job": {"name": "<sweep>"}}})
+    out = {}
     for key, value in data.items():
         if value == "???":
             raise FtlError(f"{path}: {key} is mandatory (???) in the file: give it a value (or remove the key)")
-    try:
-        conf = OmegaConf.create({"hydra": {"sweep": {"dir": "<sweep dir>"}, "job": {"name": "<sweep>"}}, "c": data})
-        return OmegaConf.to_container(conf.c, resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or "?"
-        msg = str(e).splitlines()[0]
-        if "not found" in msg and "oc.env" not in msg and "Environment variable" not in msg:
-            msg = f"{msg}: ftl resolves ${{oc.env:...}}; a value from another part of a Hydra config must be written out"
-        raise FtlError(f"{path}: {key.removeprefix('c.')}: {msg}") from None
+        env = re.fullmatch(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*),\s*\?\?\?\s*\}", str(value))
+        if env and env[1] not in os.environ:
+            raise FtlError(f"{path}: {key}: {value} needs {env[1]} in the environment: export {env[1]}=... (or write "
+                           f"{key}: VALUE in the file)")  # fmt: skip
+        try:
+            node = OmegaConf.select(root, f"hydra.launcher.{key}", throw_on_missing=True)
+            out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except OmegaConfBaseException as e:
+            msg = str(e).splitlines()[0]
+            if "not found" in msg and "Environment variable" not in msg:
+                if key in LABELS:
+                    notes.append(f"{key} not used: {value!r} names the application's config, which ftl does not read")
+                    continue
+                msg = (f"{msg}: {value!r} names the application's Hydra config, which ftl does not read; write "
+                       f"{key}: VALUE")  # fmt: skip
+            elif "Environment variable" in msg:
+                msg = f"{msg}: export it, or write {key}: VALUE in the file"
+            raise FtlError(f"{path}: {key}: {msg}") from None
+    return out
 
 
 def to_ftl_names(data: dict[str, Any], ftl_keys: set[str], aliases: dict[str, str], path,

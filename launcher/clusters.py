@@ -93,7 +93,7 @@ def load_cluster(name_or_path: str | None, notes: list[str] | None = None) -> Cl
         raise FtlError(f"unknown cluster '{name_or_path}'{did_you_mean(str(name_or_path), list_clusters())}; "
                        f"clusters: {', '.join(list_clusters())} (or a path to a YAML file)")  # fmt: skip
     data = unwrap(read_yaml_mapping(path, "cluster config"), path, notes)
-    data = resolve_interpolations(data, path)
+    data = resolve_interpolations(data, path, notes)
     valid = [f.name for f in dataclasses.fields(ClusterConfig)]
     twice = [f"{k} and {ALIASES[k]}" for k in data if k in ALIASES and ALIASES[k] in data]
     if twice:

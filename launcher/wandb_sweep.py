@@ -59,7 +59,7 @@ def read(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     """A W&B sweep file as ftl's sweep spec (a grid, or a search with a space), and the notes of how it was read."""
     notes: list[str] = []
     _check_top_level(spec, path, notes)
-    method = spec["method"]
+    method = "bayes" if spec["method"] == "ax" else spec["method"]
     out: dict[str, Any] = {k: v for k, v in spec.items() if k in FTL_KEYS}
     out["overrides"] = [str(o) for o in out.get("overrides") or []]
     if "name" in spec:
@@ -74,6 +74,7 @@ def read(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
         if key in spec:
             notes.append(f"{key} not run: ftl trains recipe {spec.get('recipe') or '(the default)'} with each trial's values")
     fixed, space = _parameters(spec["parameters"], path, method, notes)
+    _check_metric(metric, mode, path)
     out["overrides"] += fixed
     if "early_terminate" in spec:
         out["early_stop"] = _early_terminate(spec["early_terminate"], path, notes)
@@ -114,7 +115,9 @@ def _check_top_level(spec: dict[str, Any], path: Path, notes: list[str]) -> None
                        f" and its own {', '.join(sorted(FTL_KEYS))}")  # fmt: skip
     if "method" not in spec:
         raise FtlError(f"{path}: W&B: 'method' is a required property; add method: grid, random or bayes")
-    if spec["method"] not in METHODS:
+    if spec["method"] == "ax":
+        notes.append("method ax (W&B's Ax Bayesian optimization) -> ftl's Bayesian search (Optuna TPE)")
+    elif spec["method"] not in METHODS:
         extra = (" (custom searches run W&B Launch schedulers; ftl's own methods are tpe, gp, cmaes, qmc: "
                  "`method: tpe` with ftl's `space:`)" if spec["method"] == "custom" else "")  # fmt: skip
         raise FtlError(f"{path}: method={spec['method']!r}: W&B's methods are grid, random and bayes{extra}")
@@ -164,6 +167,17 @@ def _metric(spec: dict[str, Any], path: Path, method: str, notes: list[str]) -> 
     return name, "max" if goal == "maximize" else "min"
 
 
+def _check_metric(name: str, mode: str, path: Path) -> None:
+    """A metric ftl's trials log (checked after the parameters: a file for another program fails on those first)."""
+    from core.checks import METRICS
+
+    if name not in METRICS and not name.startswith("val_ema_"):
+        best = "val_loss" if mode == "min" else "val_top1"
+        raise FtlError(f"{path}: metric.name={name!r} names no metric ftl logs (ftl logs {', '.join(METRICS)} every "
+                       f"epoch, val_ema_* with train.ema); write metric: {{name: {best}, goal: "
+                       f"{'minimize' if mode == 'min' else 'maximize'}}}")  # fmt: skip
+
+
 # ---------------------------------------------------------------- parameters
 
 
@@ -175,6 +189,7 @@ def _parameters(params: dict[str, Any], path: Path, method: str, notes: list[str
     for name, key, p, where in _flatten(params, path, "parameters"):
         kind, entry = _distribution(key, p, where, path, method, notes)
         if kind == "constant":
+            _check_constant(key, p["value"], where, path)
             fixed.append(f"{key}={format_value(p['value'])}")
         elif key in space:
             raise FtlError(f"{path}: {where} and another parameter both name {key}; keep one")
@@ -185,6 +200,20 @@ def _parameters(params: dict[str, Any], path: Path, method: str, notes: list[str
     return fixed, space
 
 
+def _check_constant(key: str, value: Any, where: str, path: Path) -> None:
+    """A `value:` is one constant; a list given to a key that takes one value was meant as `values:`."""
+    from core import checks
+
+    try:
+        checks.coerce(key, value)
+    except KeyError:  # a key the schema leaves open
+        return
+    except ValueError as e:
+        fix = f"to sweep these, write values: {value!r}" if isinstance(value, list) else f"write a value {key} takes"
+
+        raise FtlError(f"{path}: {where}.value={value!r}: {key}: {e}; {fix}") from None
+
+
 def _flatten(params: dict[str, Any], path: Path, where: str, section: str | None = None):
     """(name as written, ftl key, spec, where) for every parameter; a nested `parameters:` block is a section
     (`optimizer: {parameters: {lr: ...}}` -> optim.lr), refused with its path when it names none."""
@@ -192,6 +221,9 @@ def _flatten(params: dict[str, Any], path: Path, where: str, section: str | None
         name, here = str(name), f"{where}.{name}"
         if isinstance(p, dict) and "parameters" in p:
             inner = SECTIONS.get(name.lower()) if section is None else None
+            if inner is None and section is not None:
+                raise FtlError(f"{path}: {here}: '{section}.{name}' names no ftl config key (ftl's sections hold plain "
+                               f"keys, not nested blocks); name it by its ftl key (e.g. {section}.lr)")  # fmt: skip
             if inner is None or set(p) != {"parameters"} or not isinstance(p["parameters"], dict):
                 raise FtlError(f"{path}: {here}: a nested parameters block names an ftl section ({', '.join(sorted(set(SECTIONS.values())))})"
                                f"; '{name}' is none - write its parameters by their keys (e.g. optim.lr)")  # fmt: skip

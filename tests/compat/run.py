@@ -18,8 +18,8 @@ Outcomes:
 
 from __future__ import annotations
 
-import math
-import random
+import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -64,7 +64,7 @@ def wandb_violations(oracle, spec: dict[str, Any]) -> list[str]:
     except Exception as e:  # noqa: BLE001 - W&B's validator itself gives up on some malformed files
         return [f"{type(e).__name__}: {e}"]
     return [v for v in found if "Use log_uniform_values" not in v and "uses inv_log_uniform" not in v
-            and "uses q_log_uniform" not in v]  # fmt: skip
+            and "uses q_log_uniform" not in v and "'ax' is not one of" not in v]  # fmt: skip (ax: sweeps >= 0.4)
 
 
 def check_wandb(path: Path, data_dir: Path, oracle) -> Outcome:
@@ -94,7 +94,7 @@ def classify_refusal(message: str, path: Path, w_rejects: list[str]) -> str:
         return "unclear"
     if w_rejects or "W&B:" in message or "(W&B" in message:
         return "refused: W&B too" if w_rejects else ("refused: not in ftl" if "names no ftl" in message else "refused: unsupported")
-    if "names no ftl config key" in message or "not one W&B accepts" in message:
+    if any(w in message for w in ("names no ftl config key", "not one W&B accepts", "names no metric ftl logs")):
         return "refused: not in ftl"
     return "refused: unsupported"
 
@@ -239,30 +239,35 @@ def _canon(value: Any) -> Any:
 # ---------------------------------------------------------------- Hydra launcher configs and submitit keyword sets
 
 
-def check_cluster(path: Path, kind: str) -> Outcome:
+def check_cluster(path: Path, kind: str, work: Path) -> Outcome:
     from core.errors import FtlError
     from launcher.clusters import load_cluster
 
     name = str(path.relative_to(CORPUS))
+    for var in re.findall(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*),\s*\?\?\?\s*\}", path.read_text()):
+        os.environ.setdefault(var, f"corpus-{var.lower()}")  # as on the author's cluster, where it is set
     try:
-        cluster = load_cluster(str(path))
+        notes: list[str] = []
+        cluster = load_cluster(str(path), notes)
     except FtlError as e:
         message = str(e)
         clear = str(path) in message and any(w in message for w in ("did you mean", "give", "write", "ftl reads"))
-        return Outcome(name, kind, "refused: unsupported" if clear else "unclear", message)
+        kind_of = "refused: not in ftl" if "unknown key" in message else "refused: unsupported"
+        return Outcome(name, kind, kind_of if clear else "unclear", message)
     except Exception as e:  # noqa: BLE001
         return Outcome(name, kind, "traceback", f"{type(e).__name__}: {e} | {traceback.format_exc(limit=-2)}")
-    problem = compare_with_submitit(path, kind, cluster)
-    return Outcome(name, kind, "wrong" if problem else "runs as written", problem or cluster.executor)
+    problem = compare_with_submitit(path, kind, cluster, work)
+    return Outcome(name, kind, "wrong" if problem else "runs as written",
+                   problem or "; ".join([f"executor {cluster.executor}", *notes]))
 
 
-def reference_parameters(path: Path, kind: str) -> dict[str, Any] | None:
+def reference_parameters(path: Path, kind: str, work: Path) -> dict[str, Any] | None:
     """The SlurmExecutor parameters the file gives submitit, as hydra-submitit-launcher (or the training script's
     AutoExecutor call) passes them; None where the file is not a SLURM config."""
     import submitit
     from omegaconf import OmegaConf
 
-    from launcher.cluster_formats import HYDRA_SLURM_DEFAULTS, resolve_interpolations, unwrap
+    from launcher.cluster_formats import resolve_interpolations, unwrap
 
     raw = yaml.safe_load(path.read_text()) or {}
     data = unwrap(dict(raw), path, [])
@@ -271,13 +276,9 @@ def reference_parameters(path: Path, kind: str) -> dict[str, Any] | None:
     data.pop("executor", None)
     data = resolve_interpolations(data, path)
     data = {k: v for k, v in data.items() if v is not None}
-    base = set(HYDRA_SLURM_DEFAULTS) | {"gpus_per_node", "cpus_per_task", "tasks_per_node", "mem_gb", "timeout_min",
-                                        "nodes", "name", "stderr_to_stdout"}  # fmt: skip
     generic = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "stderr_to_stdout"}
-    init = {k: data.pop(k) for k in ("max_num_timeout",) if k in data}
-    del base, init
     params = {k if (k in generic or k.startswith("slurm_")) else f"slurm_{k}": v for k, v in data.items()}
-    executor = submitit.AutoExecutor(folder=str(Path("/tmp/ftl-compat") / path.stem), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(work / path.stem), cluster="slurm")
     try:
         executor.update_parameters(**OmegaConf.to_container(OmegaConf.create(params)))
     except Exception:  # noqa: BLE001 - submitit itself refuses the keyword set
@@ -285,18 +286,18 @@ def reference_parameters(path: Path, kind: str) -> dict[str, Any] | None:
     return dict(executor._executor.parameters)
 
 
-def compare_with_submitit(path: Path, kind: str, cluster) -> str:
+def compare_with_submitit(path: Path, kind: str, cluster, work: Path) -> str:
     """'' when ftl gives submitit what the tool would (the keys the file sets); else what differs."""
     from launcher.slurm_executor import SlurmExecutor
 
-    reference = reference_parameters(path, kind)
+    reference = reference_parameters(path, kind, work)
     if reference is None:
         return "" if cluster.executor == "local" else f"executor {cluster.executor}, the file is a local launcher"
     if not reference:
         return ""
     if cluster.executor != "slurm":
         return f"read as executor {cluster.executor}, the file is a SLURM launcher"
-    ours = dict(SlurmExecutor(cluster, Path("/tmp/ftl-compat") / path.stem)._submitit(4, "ftl-x").parameters)
+    ours = dict(SlurmExecutor(cluster, work / path.stem)._submitit(4, "ftl-x").parameters)
     skip = {"job_name", "array_parallelism", "setup"}
     for key, value in reference.items():
         if key in skip:
@@ -304,6 +305,8 @@ def compare_with_submitit(path: Path, kind: str, cluster) -> str:
         mine = ours.get(key)
         if key == "mem" and mine is not None:
             mine, value = _mb(mine), _mb(value)
+        if key == "gpus_per_node" and value == 0:
+            value = None  # sbatch --gpus-per-node=0 asks for what no flag asks for: no GPU
         if mine != value:
             return f"{key}: ftl gives submitit {mine!r}, the launcher {value!r}"
     return ""
@@ -325,31 +328,60 @@ def run(data_dir: Path) -> list[Outcome]:
         if entry["kind"] == "wandb":
             out.append(check_wandb(path, data_dir, oracle))
         else:
-            out.append(check_cluster(path, entry["kind"]))
+            out.append(check_cluster(path, entry["kind"], data_dir / "submitit"))
     return out
 
 
-def table(outcomes: list[Outcome]) -> str:
-    by = {}
+def summary(outcomes: list[Outcome]) -> str:
+    """The counts table: one row per kind of file, one column per outcome."""
+    by: dict[str, dict[str, int]] = {}
     for o in outcomes:
         by.setdefault(o.kind, {}).setdefault(o.outcome, 0)
         by[o.kind][o.outcome] += 1
-    lines = ["| kind | files | " + " | ".join((*GOOD, "unclear", "traceback", "wrong")) + " |",
-             "| --- | ---: | " + " | ".join("---:" for _ in range(len(GOOD) + 3)) + " |"]  # fmt: skip
+    columns = (*GOOD, "unclear", "traceback", "wrong")
+    lines = ["| kind | files | " + " | ".join(columns) + " |", "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"]
     for kind, counts in by.items():
-        total = sum(counts.values())
-        lines.append(f"| {kind} | {total} | " + " | ".join(str(counts.get(k, 0)) for k in (*GOOD, "unclear", "traceback", "wrong")) + " |")
-    lines += ["", "| file | outcome | what ftl said or ran |", "| --- | --- | --- |"]
-    lines += [f"| {o.file} | {o.outcome} | {o.detail.replace('|', '/')[:220]} |" for o in outcomes]
+        lines.append(f"| {kind} | {sum(counts.values())} | " + " | ".join(str(counts.get(k, 0)) for k in columns) + " |")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def table(outcomes: list[Outcome], data_dir: Path) -> str:
+    """The summary, then one row per file with what ftl said (or the notes of what it ran)."""
+    lines = [summary(outcomes), "", "| file | outcome | what ftl said or ran |", "| --- | --- | --- |"]
+    for o in outcomes:
+        detail = o.detail.replace(f"{CORPUS}/", "").replace(str(data_dir), "DATA").replace("|", "/")
+        lines.append(f"| {o.file} | {o.outcome} | {detail[:240]} |")
+    return "\n".join(lines)
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "compat.md"
+HEADER = """# Compatibility corpus: real W&B sweep files and Hydra / submitit cluster configs
+
+Real files from public repositories (tests/compat/corpus, with each file's source URL, commit and licence in
+SOURCES.yaml), read by ftl as their authors wrote them; `python -m tests.compat.run --write` regenerates this page
+and tests/compat/test_corpus.py fails when ftl's outcome and this page disagree. Correctness is checked against the
+tools' own code: W&B's `sweeps` package (its schema, its samplers' distributions, its grid, hyperband's bands) and
+the #SBATCH parameters submitit's executor gets from the Hydra launcher. Outcomes are described in tests/compat/run.py.
+
+Most W&B files in the corpus were written for programs other than an image classifier (language models, GANs,
+segmentation): they are refused for the parameter that names something ftl does not have, with the nearest ftl keys.
+
+"""
+
+
+def with_data_dir(fn):
+    """fn(data_dir) with a temporary train dir of two classes (what a dry run needs to see)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         for cls in ("a", "b"):
             (Path(tmp) / cls).mkdir()
-        outcomes = run(Path(tmp))
-    print(table(outcomes))
+        return fn(Path(tmp))
+
+
+if __name__ == "__main__":
+    outcomes, text = with_data_dir(lambda d: (lambda o: (o, table(o, d)))(run(d)))
+    print(text)
+    if "--write" in sys.argv:
+        DOC.write_text(HEADER + text + "\n")
     sys.exit(any(o.outcome not in GOOD for o in outcomes))

@@ -158,6 +158,10 @@ def test_entity_and_project_become_tracking_keys(tmp_path):
     ({"run_cap": None, "method": "bayes"}, r"no run_cap: W&B would run this bayes sweep until stopped"),
     ({"imputation": "best"}, r"'imputation' is not one W&B accepts"),
     ({"parameters": {"lr": {"min": "small", "max": 1.0}}}, r"min='small' is not a number"),
+    ({"parameters": {"epochs": {"value": [10, 50]}}}, r"epochs.value=\[10, 50\].* to sweep these, write values: \[10, 50\]"),
+    ({"metric": {"name": "eval/loss"}}, r"metric.name='eval/loss' names no metric ftl logs .* write metric: \{name: val_loss"),
+    ({"parameters": {"optimizer": {"parameters": {"nadam": {"parameters": {"beta": {"values": [0.9]}}}}}}},
+     r"'optim.nadam' names no ftl config key .* name it by its ftl key"),
 ])  # fmt: skip
 def test_what_wandb_rejects_or_ftl_lacks_is_one_line_with_the_fix(tmp_path, spec, pattern):
     spec = {k: v for k, v in spec.items()}
@@ -242,3 +246,59 @@ def test_slurm_keys_without_executor_mean_slurm_and_unknown_keys_get_the_closest
         load_cluster(str(cluster_file(tmp_path, "executor: slurm\npartition: ???\n")))
     with pytest.raises(FtlError, match=r"FTL_NOT_SET"):
         load_cluster(str(cluster_file(tmp_path, "executor: slurm\naccount: ${oc.env:FTL_NOT_SET}\n")))
+
+
+def test_method_ax_is_wandbs_bayesian_search(tmp_path):
+    sweep = load(tmp_path, wandb_file(tmp_path, method="ax"))
+    assert sweep.search["method"] == "tpe" and any("method ax" in n for n in sweep.notes)
+
+
+@pytest.mark.parametrize("text", [
+    # a primary config: its defaults pick the launcher, its other keys are the application's
+    "defaults:\n  - override hydra/launcher: submitit_slurm\ntask: 1\nhydra:\n  mode: MULTIRUN\n",
+    # @package _global_ with an empty launcher block (Hydra's defaults only)
+    "# @package _global_\ndefaults:\n- override /hydra/launcher: submitit_slurm\nhydra:\n  mode: MULTIRUN\n  launcher:\n",
+    # a conf/hydra/NAME.yaml (package hydra): its launcher: block
+    "defaults:\n  - default.yaml\nlauncher:\n  timeout_min: 60\n  gres: gpu:a100:4\n  account: cmse\n",
+])  # fmt: skip
+def test_where_hydra_users_put_the_launcher(tmp_path, text):
+    notes: list[str] = []
+    cluster = load_cluster(str(cluster_file(tmp_path, text)), notes)
+    assert cluster.executor == "slurm" and cluster.timeout_min == 60, notes
+    assert any(n.startswith("read ") for n in notes)
+    if "task: 1" in text:
+        assert any("not read: task" in n for n in notes)
+
+
+def test_hydra_0_11_submitit_launcher_takes_its_queue(tmp_path):
+    text = """cls: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SubmititLauncher
+params:
+  queue: {queue}
+  folder: ${{hydra.sweep.dir}}/.${{hydra.launcher.params.queue}}
+  queue_parameters:
+    slurm: {{nodes: 1, gpus_per_node: 1, ntasks_per_node: 2, mem: "${{hydra.launcher.mem_limit}}GB", time: 90,
+            partition: dev, job_name: x, max_num_timeout: 3}}
+    local: {{gpus_per_node: 1, tasks_per_node: 1, timeout_min: 60}}
+mem_limit: 24
+"""
+    local = load_cluster(str(cluster_file(tmp_path, text.format(queue="local"))))
+    assert local.executor == "local" and local.timeout_min == 60
+    slurm = load_cluster(str(cluster_file(tmp_path, text.format(queue="slurm"))))
+    assert (slurm.executor, slurm.mem_gb, slurm.timeout_min, slurm.tasks_per_node, slurm.partition,
+            slurm.max_num_timeout) == ("slurm", 24, 90, 2, "dev", 3)  # fmt: skip
+
+
+def test_interpolations_of_the_application_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("FTL_TEST_ACCOUNT", raising=False)
+    text = "executor: slurm\ncomment: Running ${experiment_name}\ntimeout_min: ${hydra.launcher.t}\nt: 30\n"
+    notes: list[str] = []
+    with pytest.raises(FtlError, match=r"unknown key 't'"):  # siblings resolve as Hydra does; t itself is no key
+        load_cluster(str(cluster_file(tmp_path, text)), notes)
+    cluster = load_cluster(str(cluster_file(tmp_path, "executor: slurm\ncomment: Running ${experiment_name}\n")), notes)
+    assert "comment" not in cluster.slurm and any("comment not used" in n for n in notes)
+    with pytest.raises(FtlError, match=r"partition: .*names the application's Hydra config.* write partition: VALUE"):
+        load_cluster(str(cluster_file(tmp_path, "executor: slurm\npartition: ${cluster.partition}\n")))
+    with pytest.raises(FtlError, match=r"account: .*needs FTL_TEST_ACCOUNT in the environment: export FTL_TEST_ACCOUNT"):
+        load_cluster(str(cluster_file(tmp_path, "executor: slurm\naccount: ${oc.env:FTL_TEST_ACCOUNT,???}\n")))
+    monkeypatch.setenv("FTL_TEST_ACCOUNT", "p1")
+    assert load_cluster(str(cluster_file(tmp_path, "executor: slurm\naccount: ${oc.env:FTL_TEST_ACCOUNT,???}\n"))).account == "p1"
