@@ -415,7 +415,12 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], source: str) -> DictC
             cfg = OmegaConf.merge(cfg, parse_overrides([override]))
         except OmegaConfBaseException as e:
             raise FtlError(f"command line {override}: {str(e).splitlines()[0]}") from None
-    validate(cfg, source, {parse_override(o)[0]: o for o in overrides})
+    keys = {parse_override(o)[0]: o for o in overrides}
+    if "model.name" in keys and "model.pretrained" not in keys:  # the recipe's weights follow the model chosen
+        from core.zoo import weights_for
+
+        cfg.model.pretrained = weights_for(cfg.model.name, cfg.model.pretrained)
+    validate(cfg, source, keys)
     return cfg
 
 

@@ -60,6 +60,35 @@ OFFLINE_ZOO: dict[str, ZooEntry] = {
 }
 
 
+def weights_for(model: str, pretrained: str | None) -> str | None:
+    """The recipe's pretrained weights for a model a trial or the command line chose instead of the recipe's: where
+    they are a tag of another architecture (an offline zoo tag, or timm's arch.tag), the same kind of weights for
+    this model - its offline zoo entry, else timm's default tag; files, run dirs and None are kept as they are."""
+    from core import names
+
+    if pretrained is None:
+        return None
+    arch, value = str(model).split(".")[0], str(pretrained)
+    if value in OFFLINE_ZOO:
+        old = OFFLINE_ZOO[value].arch
+    elif "." in value and "/" not in value and Path(value).suffix not in WEIGHT_SUFFIXES and names.is_pretrained_tag(value):
+        old = value.split(".")[0]
+    else:
+        return pretrained
+    if old == arch:
+        return pretrained
+    zoo = [tag for tag, entry in OFFLINE_ZOO.items() if entry.arch == arch]
+    if zoo:
+        return zoo[0]
+    try:
+        import timm.models
+
+        tag = getattr(timm.models.get_pretrained_cfg(arch), "tag", None)
+    except Exception:  # noqa: BLE001 - an unknown model: the name check reports it
+        tag = None
+    return f"{arch}.{tag}" if tag else pretrained
+
+
 def offline_weight_file(entry: ZooEntry) -> Path:
     """The weight file of an offline zoo entry, or an FtlError saying which package to install."""
     spec = importlib.util.find_spec(entry.module)

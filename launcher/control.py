@@ -147,6 +147,7 @@ class Row:
     cause: str = ""  # why it did not succeed
 
 
+@mf.gc_paused()
 def refresh(sweep_dir: str | Path, recover: bool = True) -> tuple[mf.Manifest, list[Row]]:
     """Fresh states of every trial (one scheduler query for all), merged with the trials' own files. Read without
     the sweep lock; what changed is appended in one short hold of it (`manifest.commit`). Jobs an interrupted
@@ -166,7 +167,11 @@ def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
     files = files or mf.TrialFiles(man)
     rows = []
     for t in man.trials.values():
-        progress, result = files(t) if t.attempt else ({}, {})
+        progress, result = files(t)
+        if not progress and not result and not t.result:  # not started (most of a large queued sweep)
+            rows.append(Row(t.id, t.state, "-", None, None, t.job_id or "-", " ".join(t.overrides), "-", None, None,
+                            t.cause))  # fmt: skip
+            continue
         epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if "epochs" in progress else "-"
         metric = result.get(man.metric, progress.get(man.metric, t.result.get(man.metric)))
         best = progress.get("best") if isinstance(progress.get("best"), (int, float)) else None

@@ -138,8 +138,11 @@ def read_head(sweep_dir: Path) -> tuple[str, int, int]:
 
 
 def load_snapshot(sweep_dir: Path, log: str) -> dict[str, Any] | None:
-    """The snapshot when it folds this log (else None: the reader folds the log from the start)."""
+    """The snapshot when it folds this log and is shorter than it (else None: the reader folds the log from the
+    start - a log of a few large batch lines folds faster than a snapshot of each trial's state is read)."""
     try:
+        if (sweep_dir / SNAPSHOT).stat().st_size >= (sweep_dir / LOG).stat().st_size:
+            return None
         data = json.loads((sweep_dir / SNAPSHOT).read_bytes())
     except (OSError, ValueError):
         return None
@@ -150,9 +153,13 @@ def load_snapshot(sweep_dir: Path, log: str) -> dict[str, Any] | None:
 
 
 def save_snapshot(sweep_dir: Path, data: dict[str, Any]) -> None:
-    """Leave a snapshot (no lock needed: it is a function of the log's prefix it names)."""
+    """Leave a snapshot (no lock needed: it is a function of the log's prefix it names) when it is shorter than
+    that prefix."""
+    text = json.dumps(data, separators=(",", ":"))
+    if len(text) >= data["offset"]:
+        return
     try:
-        write_atomic(sweep_dir / SNAPSHOT, lambda p: p.write_text(json.dumps(data, separators=(",", ":"))))
+        write_atomic(sweep_dir / SNAPSHOT, lambda p: p.write_text(text))
     except OSError:
         pass  # a cache: a full disk or a read-only dir only makes the next read longer
 

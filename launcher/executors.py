@@ -218,7 +218,7 @@ class Executor(ABC):
                 fields["cause"] = failure_cause(state, self.reasons.get(record.job_id or "", ""), result, man.metric)
                 if st.is_failure(state) and not st.is_failure(record.state):
                     fields["failures"] = record.failures + 1  # once per attempt: the first refresh that sees it
-            if any(getattr(record, k) != v for k, v in fields.items()):
+            if (state != record.state or len(fields) > 1) and any(getattr(record, k) != v for k, v in fields.items()):
                 man.update(record, **fields)
         if man.search:
             release_orphans(man)

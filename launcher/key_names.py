@@ -61,7 +61,18 @@ NOT_THE_SAME = {
     "max_steps": "ftl trains for epochs: train.epochs",
     "num_steps": "ftl trains for epochs: train.epochs",
     "iterations": "ftl trains for epochs: train.epochs",
-    "freeze_backbone": "model.freeze (backbone or none)",
+    "decay": "optim.weight_decay (weight decay) or schedule.name / schedule.min_lr (how the LR decays)",
+    "lr_decay": "schedule.name / schedule.min_lr (how the LR decays) or optim.layer_decay (per layer)",
+    "lr_head": "optim.lr (the head's LR) with optim.lr_spread or optim.layer_decay for the LRs below it",
+    "head_lr": "optim.lr (the head's LR) with optim.lr_spread or optim.layer_decay for the LRs below it",
+    "lr_backbone": "optim.lr_spread (the stem trains at optim.lr / lr_spread) or optim.layer_decay",
+    "backbone_lr": "optim.lr_spread (the stem trains at optim.lr / lr_spread) or optim.layer_decay",
+    "unfreeze_from_layer": "model.freeze (a module name: frozen up to and including it, e.g. blocks.3)",
+}
+# Names whose values mean an ftl key's values: name -> (key, {value as written: ftl's value})
+VALUE_ROLES: dict[str, tuple[str, dict]] = {
+    "freeze_backbone": ("model.freeze", {True: "backbone", False: "none"}),
+    "freeze_encoder": ("model.freeze", {True: "backbone", False: "none"}),
 }
 
 
@@ -75,25 +86,44 @@ def resolve(name: str) -> tuple[str | None, str]:
     if name in keys:
         return name, "key"
     norm = _norm(name)
-    if norm in ROLES:
-        return ROLES[norm], "role"
     leaf = norm.rsplit(".", 1)[-1].rsplit("/", 1)[-1]  # `optimizer.lr`, `train/lr`: the last part
-    if leaf in ROLES:
-        return ROLES[leaf], "role"
+    for known in (norm, leaf):
+        if known in ROLES:
+            return ROLES[known], "role"
+        if known in VALUE_ROLES:
+            return VALUE_ROLES[known][0], "values"
     ends = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
     if len(ends) == 1:
         return ends[0], "leaf"
     return None, ""
 
 
+def value_table(name: str) -> dict | None:
+    """{value as written: ftl's value} for a VALUE_ROLES name, else None."""
+    norm = _norm(name)
+    return next((VALUE_ROLES[k][1] for k in (norm, norm.rsplit(".", 1)[-1]) if k in VALUE_ROLES), None)
+
+
+def translate(name: str, value):
+    """A value as the key a VALUE_ROLES name maps to takes it (`freeze_backbone: true` -> model.freeze=backbone);
+    ValueError naming the values that name takes."""
+    table = value_table(name)
+    if table is None:
+        return value
+    if not isinstance(value, type(next(iter(table)))) or value not in table:
+        raise ValueError(f"{name} takes {', '.join(str(k).lower() for k in table)} (-> {', '.join(table.values())})")
+    return table[value]
+
+
 def hint(name: str) -> str:
     """What to write instead of a name that maps to nothing: the nearest real keys (by the name and by its last
     part), or the unit ftl uses instead."""
     norm = _norm(name)
-    if norm in NOT_THE_SAME:
-        return f"; use {NOT_THE_SAME[norm]}"
+    leaf = norm.rsplit(".", 1)[-1].rsplit("/", 1)[-1]
+    for known in (norm, leaf):
+        if known in NOT_THE_SAME:
+            return f"; use {NOT_THE_SAME[known]}"
     keys = config_lib.schema_keys()
-    leaf = norm.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(norm, keys, n=3, cutoff=0.6)
     close += [ROLES[n] for n in difflib.get_close_matches(leaf, list(ROLES), n=3, cutoff=0.75)]
     close += [k for k in keys for m in difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75) if m]

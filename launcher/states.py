@@ -22,6 +22,8 @@ normalises the first and treats the second as live (never as final: a trial is o
 
 from __future__ import annotations
 
+import functools
+
 PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_FED", "CONFIGURING", "POWER_UP_NODE"})
 LIVE_STATES = frozenset({"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED",
                          "UPDATE_DB",
@@ -41,12 +43,14 @@ UNSUBMITTED_STATES = frozenset({"NEW", "DEFERRED", "SUBMITTING"})
 PHASES = ("unsubmitted", "pending", "live", "held", "final", "unknown")
 
 
+@functools.lru_cache(maxsize=1024)  # a few distinct strings, asked for hundreds of thousands of times
 def normalise(state: str) -> str:
     """'CANCELLED by 0' -> 'CANCELLED'; '' -> 'UNKNOWN'; squeue's short codes are not used by ftl."""
     word = (state or "").split()[0].upper() if (state or "").strip() else "UNKNOWN"
     return word.rstrip("+")  # sacct marks some states with a trailing '+'
 
 
+@functools.lru_cache(maxsize=1024)
 def phase(state: str) -> str:
     """One of PHASES, for any state string SLURM or ftl writes."""
     state = normalise(state)

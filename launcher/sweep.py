@@ -275,6 +275,7 @@ def validate(sweep: Sweep, check_overrides: list[list[str]] | None = None) -> No
     The recipe and sweep-wide overrides are merged once (OmegaConf); each trial is that plain dict with its own
     overrides set, each distinct override parsed and typed once - about 50 us a trial."""
     from core import checks
+    from core.zoo import weights_for
 
     source = f"{sweep.path}"
     try:
@@ -284,6 +285,11 @@ def validate(sweep: Sweep, check_overrides: list[list[str]] | None = None) -> No
     except FtlError as e:
         raise FtlError(f"{source}: {e}") from None
     base_values = config_lib.to_dict(sweep.base_config)
+    sweep_keys = {config_lib.parse_override(o)[0] for o in sweep.overrides}
+    follows = "model.pretrained" not in sweep_keys  # the recipe's weights follow a model.name set over it
+    if follows and "model.name" in sweep_keys:
+        base_values["model"] = {**base_values["model"], "pretrained": weights_for(base_values["model"]["name"],
+                                                                                  base_values["model"]["pretrained"])}  # fmt: skip
     base_key_problems = {f"{sec}.{leaf}": checks.key_problems(f"{sec}.{leaf}", v) for sec, vals in base_values.items()
                          if isinstance(vals, dict) for leaf, v in vals.items()}  # fmt: skip
     typed: dict[str, tuple[str, Any, list[str]]] = {}
@@ -304,6 +310,9 @@ def validate(sweep: Sweep, check_overrides: list[list[str]] | None = None) -> No
                 values[section][leaf] = value
             else:
                 values[section] = value
+        if follows and "model.name" in own and "model.pretrained" not in own:
+            model = values["model"] = dict(values["model"])
+            model["pretrained"] = weights_for(model["name"], model["pretrained"])
         if not problems:
             problems = [p for k, ps in base_key_problems.items() if ps and k not in own for p in ps]
             problems += checks.cross_problems(values) + checks.name_problems(values) + checks.path_problems(values)

@@ -14,6 +14,8 @@ import contextlib
 import errno
 import os
 import shutil
+import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from core.faults import fault_point
 LOCK_FILE = "sweep.lock"
 LEASE_S = float(os.environ.get("FTL_LOCK_LEASE_S", "30"))  # all contenders must agree (tests shorten it)
 WAIT_S = float(os.environ.get("FTL_LOCK_WAIT_S", "600"))
+HOLDS: deque[float] = deque(maxlen=1000)  # how long this process held the lock, outermost holds (bench/sweep_state.py)
+_DEPTH: dict[str, int] = {}
 
 
 class LockLost(FtlError):
@@ -70,7 +74,13 @@ def sweep_lock(sweep_dir: str | Path, wait_s: float = WAIT_S) -> Iterator[HeldLo
             holder = "?"
         raise FtlError(f"the sweep lock {path} is held ({holder}) and was not released in {wait_s:.0f}s; if that "
                        "process is gone for good, delete the file") from None  # fmt: skip
+    depth = _DEPTH.get(str(path), 0)
+    _DEPTH[str(path)] = depth + 1
+    start = time.perf_counter()
     try:
         yield HeldLock(lease)
     finally:
         lease.release()
+        _DEPTH[str(path)] = depth
+        if depth == 0:
+            HOLDS.append(time.perf_counter() - start)

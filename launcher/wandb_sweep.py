@@ -82,7 +82,10 @@ def read(spec: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[str]]:
     if run_cap is not None and (not isinstance(run_cap, int) or isinstance(run_cap, bool) or run_cap < 1):
         raise FtlError(f"{path}: run_cap={run_cap!r}: W&B needs an integer > 0 (the most runs the sweep makes)")
     if method == "grid":
-        out["grid"] = space
+        if space:
+            out["grid"] = space
+        else:
+            notes.append("every parameter is a constant: one trial (as W&B's grid runs one)")
         if run_cap is not None:
             out["run_cap"] = run_cap
         return out, notes
@@ -235,7 +238,22 @@ def _flatten(params: dict[str, Any], path: Path, where: str, section: str | None
             key = key if key and key.startswith(f"{section}.") else None
         if key is None:
             raise FtlError(f"{path}: {here}: '{name}' names no ftl config key{key_names.hint(name)}")
-        yield (f"{section}.{name}" if section else name), key, p, here
+        yield (f"{section}.{name}" if section else name), key, _translated(name, p, here, path), here
+
+
+def _translated(name: str, p: Any, where: str, path: Path) -> Any:
+    """A parameter whose values mean another key's values (`freeze_backbone: [true, false]` -> model.freeze
+    backbone / none), its value(s) translated."""
+    if not isinstance(p, dict) or key_names.value_table(name) is None:
+        return p
+    try:
+        if "values" in p and isinstance(p["values"], list):
+            return {**p, "values": [key_names.translate(name, v) for v in p["values"]]}
+        if "value" in p:
+            return {**p, "value": key_names.translate(name, p["value"])}
+    except ValueError as e:
+        raise FtlError(f"{path}: {where}: {e}; write values among those") from None
+    raise FtlError(f"{path}: {where}: {name} is a choice: write values: [true, false] (or value:)")
 
 
 def _number(p: dict[str, Any], key: str, where: str, path: Path, notes: list[str]) -> float | int:

@@ -61,7 +61,8 @@ install_packages() {
 render() { # template -> file
   sed -e "s|@STATE@|$S|g" -e "s|@HOST@|$HOST|g" -e "s|@CPUS@|$(nproc)|g" \
       -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@DBD_PORT@|$DBD_PORT|g" -e "s|@DB_PORT@|$DB_PORT|g" \
-      -e "s|@SLURMD_PORTS@|$SLURMD_PORTS|g" -e "s|@DB_PASS@|$DB_PASS|g" "$1" >"$2.tmp"
+      -e "s|@SLURMD_PORTS@|$SLURMD_PORTS|g" -e "s|@DB_PASS@|$DB_PASS|g" \
+      -e "s|@MAX_ARRAY@|${FTL_SLURM_MAX_ARRAY:-101}|g" "$1" >"$2.tmp"
   mv "$2.tmp" "$2"
 }
 write_configs() {

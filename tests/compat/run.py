@@ -209,7 +209,9 @@ def compare_grid(spec: dict[str, Any], params: dict[str, Any], sweep, oracle) ->
             break
         runs.append(suggestion)
     cap = spec.get("run_cap")
-    wb = {tuple(sorted((key_of(sweep, k), _canon(v["value"])) for k, v in flat_config(r.config).items()
+    from launcher.key_names import translate
+
+    wb = {tuple(sorted((key_of(sweep, k), _canon(translate(k, v["value"]))) for k, v in flat_config(r.config).items()
                        if k in params and "value" not in params[k])) for r in runs}  # fmt: skip
     ftl = {tuple(sorted((k, _canon(yaml.safe_load(v))) for k, v in (o.split("=", 1) for o in t.overrides)))
            for t in sweep.trials}  # fmt: skip
@@ -231,6 +233,13 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _canon(value: Any) -> Any:
+    """One spelling per value: what a program gets on its command line (`--lr=1e-3` from W&B's YAML 1.1 string
+    '1e-3' or from the number) means the same number."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return tuple(value) if isinstance(value, list) else value

@@ -72,10 +72,11 @@ def test_a_damaged_line_is_named_by_every_verb_and_repaired(tmp_path, damage):
 def test_a_snapshot_is_a_cache_checked_against_the_log(tmp_path, monkeypatch):
     sweep = grid_dir(tmp_path, n=50)
     monkeypatch.setattr(mf, "SNAPSHOT_AFTER_BYTES", 100)
-    with mf.locked(sweep) as man:
-        for t in man.trials.values():
-            man.update(t, state="RUNNING", attempt=1)
-    first = mf.read(sweep)  # folds the long tail and leaves a snapshot
+    for state in ("PENDING", "RUNNING"):
+        with mf.locked(sweep) as man:
+            for t in man.trials.values():
+                man.update(t, state=state, attempt=1)
+    first = mf.read(sweep)  # folds the long tail (more lines than trials) and leaves a snapshot
     snapshot = sweep / event_log.SNAPSHOT
     assert snapshot.is_file() and json.loads(snapshot.read_text())["offset"] == first.offset
     with mf.locked(sweep) as man:
@@ -86,6 +87,17 @@ def test_a_snapshot_is_a_cache_checked_against_the_log(tmp_path, monkeypatch):
     assert mf.read(sweep).trials["t7"].state == "COMPLETED"
     snapshot.write_text(json.dumps({**json.loads(json.dumps({"log": "another", "offset": 0}))}))
     assert mf.read(sweep).trials["t7"].state == "COMPLETED"
+
+
+def test_no_snapshot_where_the_log_folds_faster(tmp_path, monkeypatch):
+    """A log of one line per trial (or a few batch lines) is read as fast as a snapshot would be: none is left."""
+    sweep = grid_dir(tmp_path, n=50)
+    monkeypatch.setattr(mf, "SNAPSHOT_AFTER_BYTES", 100)
+    with mf.locked(sweep) as man:
+        for t in man.trials.values():
+            man.update(t, state="RUNNING", attempt=1)
+    assert mf.read(sweep).trials["t7"].state == "RUNNING"
+    assert not (sweep / event_log.SNAPSHOT).exists()
 
 
 def test_a_reader_commits_only_what_no_newer_event_touched(tmp_path):

@@ -302,3 +302,38 @@ def test_interpolations_of_the_application_config(tmp_path, monkeypatch):
         load_cluster(str(cluster_file(tmp_path, "executor: slurm\naccount: ${oc.env:FTL_TEST_ACCOUNT,???}\n")))
     monkeypatch.setenv("FTL_TEST_ACCOUNT", "p1")
     assert load_cluster(str(cluster_file(tmp_path, "executor: slurm\naccount: ${oc.env:FTL_TEST_ACCOUNT,???}\n"))).account == "p1"
+
+
+def test_a_name_whose_values_mean_another_keys_values(tmp_path):
+    sweep = load(tmp_path, wandb_file(tmp_path, method="grid", parameters={"freeze_backbone": {"values": [True, False]}}))
+    assert sorted(t.overrides[-1] for t in sweep.trials) == ["model.freeze=backbone", "model.freeze=none"]
+    refused(tmp_path, wandb_file(tmp_path, parameters={"freeze_backbone": {"values": ["yes"]}}),
+            r"freeze_backbone takes true, false \(-> backbone, none\)")
+
+
+@pytest.mark.parametrize(("name", "hint"), [("decay", "optim.weight_decay"), ("training.lr_head", "optim.lr_spread"),
+                                            ("lr_backbone", "optim.lr_spread")])  # fmt: skip
+def test_names_with_two_meanings_get_both(tmp_path, name, hint):
+    refused(tmp_path, wandb_file(tmp_path, parameters={name: {"values": [1e-3]}}), f"names no ftl config key; use .*{hint}")
+
+
+def test_a_grid_of_constants_is_one_trial(tmp_path):
+    sweep = load(tmp_path, wandb_file(tmp_path, method="grid", parameters={"lr": {"value": 0.01}, "epochs": {"value": 2}}))
+    assert len(sweep.trials) == 1 and {"optim.lr=0.01", "train.epochs=2"} <= set(sweep.overrides + sweep.trials[0].overrides)
+
+
+def test_the_recipes_weights_follow_a_swept_model(tmp_path):
+    """`arch: [resnet18, ...]` over a recipe whose weights are MobileNetV2's: each model gets its own weights (the
+    offline zoo's, else timm's default tag), as the author of the sweep meant; an explicit choice is kept."""
+    from core import config as config_lib
+    from core.zoo import weights_for
+
+    assert weights_for("resnet18", "mobilenetv2_100.tv_in1k") == "resnet18.a1_in1k"
+    assert weights_for("tf_efficientnet_lite0", "mobilenetv2_100.tv_in1k") == "tf_efficientnet_lite0.in1k"
+    assert weights_for("resnet18", "/w/model.pth") == "/w/model.pth" and weights_for("resnet18", None) is None
+    path = wandb_file(tmp_path, method="grid", parameters={"arch": {"values": ["resnet18", "tf_efficientnet_lite0"]}})
+    assert len(load(tmp_path, path).trials) == 2  # the dry run checks each trial with its own weights
+    cfg = config_lib.load("base", [f"data.train_dir={tmp_path}", "model.name=resnet18"])
+    assert cfg.model.pretrained == "resnet18.a1_in1k"
+    kept = config_lib.load("base", [f"data.train_dir={tmp_path}", "model.name=resnet18", "model.pretrained=null"])
+    assert kept.model.pretrained is None
