@@ -51,7 +51,7 @@ def test_a_trial_preempted_by_a_higher_priority_partition_resumes_bit_equal(slur
                cluster(tmp_path, "debug", additional_parameters={"nodelist": "n2"})).returncode == 0  # fmt: skip
     trial = next(iter(mf.read(victim).trials.values()))
     wait_for(lambda: list((victim / trial.run_dir / "checkpoints").glob("step_*/trainer.json")), 300, "a checkpoint")
-    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "n1", "--exclusive", "-J", "ftl-test-high",
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-w", "n1", "--exclusive", "-J", "ftl-test-high", "-o", str(tmp_path / "high.out"),
                            "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     try:
         wait_for(lambda: "checkpoint saved" in _log(victim), 120, "the trial to be preempted")
