@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 FTL = [sys.executable, "-m", "launcher.cli"]
 sys.path.insert(0, str(REPO))
 
+from launcher import sweep_lock  # noqa: E402 - after the repo is on the path
+
 
 def cluster(max_array: int) -> None:
     env = {**os.environ, "FTL_SLURM_MAX_ARRAY": str(max_array)}
@@ -73,7 +75,10 @@ def main() -> None:
             rows.append((f"ftl status, {n:,} trials (best of 3, process start included)", min(times), "s"))
             holds = reader_lock_holds(out)
             rows.append(("longest sweep-lock hold by a reader (status; wait)", max(holds), "s"))
+            sweep_lock.HOLDS.clear()
             rows.append(("bytes one trial's state change appends", change_bytes(out), "bytes"))
+            rows.append(("sweep-lock hold of that change (a writer: resume, cancel, a worker's claim)",
+                         max(sweep_lock.HOLDS), "s"))  # fmt: skip
             rows.append(("ftl report peak memory", report_peak_mib(out), "MiB"))
             subprocess.run([*FTL, "cancel", str(out)], cwd=REPO, capture_output=True)
     finally:
@@ -90,8 +95,8 @@ def main() -> None:
 
 
 def reader_lock_holds(sweep_dir: Path) -> list[float]:
-    """How long `ftl status` and one refresh of `ftl wait` hold the sweep lock (the lock's own measurement)."""
-    from launcher import sweep_lock
+    """How long `ftl status` and one refresh of `ftl wait` hold the sweep lock (the lock's own measurement; 0 when
+    they had nothing to append and took no lock)."""
     from launcher.control import refresh
 
     sweep_lock.HOLDS.clear()

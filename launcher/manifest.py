@@ -464,16 +464,20 @@ def _manifest_from(data: Any, path: Path) -> Manifest:
 
 @contextlib.contextmanager
 def locked(sweep_dir: str | Path) -> Iterator[Manifest]:
-    """The sweep under its lock, read fresh after the lock is taken; changed states are appended on the way out
-    (also when the block raises: what was done - a job queued - must be recorded)."""
+    """The sweep under its lock, up to date once the lock is taken; changed states are appended on the way out
+    (also when the block raises: what was done - a job queued - must be recorded). The log is folded before the
+    lock is taken (it only grows) and caught up under it, so a 100,000-trial sweep is not read while others wait."""
     sweep_dir = Path(sweep_dir)
     read_sweep(sweep_dir) if not (sweep_dir / event_log.LOG).is_file() else None  # not a sweep dir: say so first
+    man = read(sweep_dir) if (sweep_dir / event_log.LOG).is_file() else None
     with sweep_lock(sweep_dir) as held:
-        if not (sweep_dir / event_log.LOG).is_file():
+        if man is None:
             from launcher.migrate import migrate
 
             migrate(sweep_dir, held)
-        man = read(sweep_dir)
+            man = read(sweep_dir)
+        else:
+            catch_up(man)
         man.held = held
         try:
             yield man
