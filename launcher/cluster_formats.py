@@ -142,12 +142,20 @@ def _defaults_base(defaults: Any) -> str:
 LABELS = {"comment"}  # keys that only label a job: an unresolvable one is dropped with a note
 
 
-def resolve_interpolations(data: dict[str, Any], path, notes: list[str] | None = None) -> dict[str, Any]:
-    """`${oc.env:VAR}`, `${oc.env:VAR,default}` from this environment; `???` (mandatory) refused with its key;
-    `${...}` naming the application's config (which ftl does not read): a label key (comment) is dropped with a
-    note, any other key refused with the value to write."""
+def is_hydra(data: dict[str, Any]) -> bool:
+    """A Hydra config (its `${...}` are Hydra's), not ftl's or submitit's keywords (where `${VAR}` in a setup line is
+    the shell's)."""
+    return bool({"_target_", "defaults", "hydra", "cls"} & set(data)) or isinstance(data.get("launcher"), dict)
+
+
+def resolve_interpolations(data: dict[str, Any], path, notes: list[str] | None = None,
+                           hydra: bool = True) -> dict[str, Any]:  # fmt: skip
+    """`${oc.env:VAR}`, `${oc.env:VAR,default}` from this environment; `???` (mandatory) refused with its key. In a
+    Hydra file, other `${...}` as Hydra resolves them; one naming the application's config (which ftl does not
+    read): a label key (comment) is dropped with a note, any other key refused with the value to write. Elsewhere,
+    and where OmegaConf's grammar does not parse it (`${#VAR}`, `${VAR:-0}`), `${...}` is the shell's: kept."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import GrammarParseError, OmegaConfBaseException
 
     notes = [] if notes is None else notes
     # as Hydra resolves them: from the config's root, the launcher's siblings at hydra.launcher
@@ -160,9 +168,17 @@ def resolve_interpolations(data: dict[str, Any], path, notes: list[str] | None =
         if env and env[1] not in os.environ:
             raise FtlError(f"{path}: {key}: {value} needs {env[1]} in the environment: export {env[1]}=... (or write "
                            f"{key}: VALUE in the file)")  # fmt: skip
+        if "${" not in str(value):
+            out[key] = value
+            continue
+        if not hydra:
+            out[key] = _env_only(value, key, path)
+            continue
         try:
             node = OmegaConf.select(root, f"hydra.launcher.{key}", throw_on_missing=True)
             out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except GrammarParseError:
+            out[key] = value
         except OmegaConfBaseException as e:
             msg = str(e).splitlines()[0]
             if "not found" in msg and "Environment variable" not in msg:
@@ -175,6 +191,40 @@ def resolve_interpolations(data: dict[str, Any], path, notes: list[str] | None =
                 msg = f"{msg}: export it, or write {key}: VALUE in the file"
             raise FtlError(f"{path}: {key}: {msg}") from None
     return out
+
+
+ENV = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)(?:,([^}]*))?\}")
+
+
+def _env_only(value: Any, key: str, path) -> Any:
+    """`${oc.env:VAR[,default]}` in an ftl or submitit file (strings, lists, mappings); other `${...}` are the
+    shell's and kept."""
+    if isinstance(value, list):
+        return [_env_only(v, key, path) for v in value]
+    if isinstance(value, dict):
+        return {k: _env_only(v, key, path) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match) -> str:
+        name, default = match[1], match[2]
+        if name in os.environ:
+            return os.environ[name]
+        if default is None or default.strip() == "???":
+            raise FtlError(f"{path}: {key}: {match[0]} needs {name} in the environment: export {name}=... (or write "
+                           f"{key}: VALUE in the file)")  # fmt: skip
+        return default.strip().strip("'\"")
+
+    whole = ENV.fullmatch(value.strip())
+    if whole:  # the whole value: typed as YAML reads it (`${oc.env:CPUS,6}` into an int field)
+        import yaml
+
+        return yaml.safe_load(one(whole))
+    dotted = re.search(r"\$\{[A-Za-z_]\w*(\.\w+)+\}", value)  # no shell variable has a dot: a config reference
+    if dotted:
+        raise FtlError(f"{path}: {key}: {dotted[0]} refers to another config's value, which ftl does not read (this is "
+                       f"not a Hydra file); write {key}: VALUE")  # fmt: skip
+    return ENV.sub(one, value)
 
 
 def to_ftl_names(data: dict[str, Any], ftl_keys: set[str], aliases: dict[str, str], path,

@@ -81,7 +81,7 @@ def list_clusters() -> list[str]:
 def load_cluster(name_or_path: str | None, notes: list[str] | None = None) -> ClusterConfig:
     """A cluster config by name (cluster_configs/NAME.yaml) or path; None is `local`. ftl's keys, submitit's and
     hydra-submitit-launcher's (launcher/cluster_formats.py); how it was read is appended to `notes`."""
-    from launcher.cluster_formats import resolve_interpolations, to_ftl_names, unwrap
+    from launcher.cluster_formats import is_hydra, resolve_interpolations, to_ftl_names, unwrap
 
     notes = [] if notes is None else notes
     if name_or_path in (None, "local") and not (CONFIG_DIR / "local.yaml").is_file():
@@ -92,8 +92,8 @@ def load_cluster(name_or_path: str | None, notes: list[str] | None = None) -> Cl
     if not path.is_file():
         raise FtlError(f"unknown cluster '{name_or_path}'{did_you_mean(str(name_or_path), list_clusters())}; "
                        f"clusters: {', '.join(list_clusters())} (or a path to a YAML file)")  # fmt: skip
-    data = unwrap(read_yaml_mapping(path, "cluster config"), path, notes)
-    data = resolve_interpolations(data, path, notes)
+    raw = read_yaml_mapping(path, "cluster config")
+    data = resolve_interpolations(unwrap(raw, path, notes), path, notes, hydra=is_hydra(raw))
     valid = [f.name for f in dataclasses.fields(ClusterConfig)]
     twice = [f"{k} and {ALIASES[k]}" for k in data if k in ALIASES and ALIASES[k] in data]
     if twice:

@@ -96,12 +96,23 @@ HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT/SIGTERM/SIGHUP back (they are delivered on exit). Child processes inherit the mask, so a Ctrl-C
-    reaches neither this process nor sbatch in the middle of a submission."""
+    reaches neither this process nor sbatch in the middle of a submission. The mask is this thread's: a signal the
+    kernel hands to another thread (filelock's heartbeat) would still reach Python's handler, so the handlers only
+    note it meanwhile, and it is raised again at the end."""
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    noted: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, _: noted.append(signum)) for s in HELD_SIGNALS} if main else {}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # what was pending is noted now
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)
 
 
 class Executor(ABC):

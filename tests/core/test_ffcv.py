@@ -38,11 +38,16 @@ def read_raw(beton: Path) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def lfw_betons(lfw) -> list[Path]:
-    """lfw/train.beton and lfw/val.beton beside the folders (where data.loader=ffcv or auto finds them), made once."""
+def lfw_betons(lfw, tmp_path_factory) -> Path:
+    """A copy of lfw with train.beton and val.beton beside its folders (where data.loader=ffcv or auto finds them),
+    made once - never beside the shared lfw folders, where every loader would find them (the GPU loader reads a
+    folder's .beton when there is one)."""
+    import shutil
+
+    root = Path(shutil.copytree(lfw, tmp_path_factory.mktemp("lfw-betons") / "lfw"))
     for split in ("train", "val"):
-        convert(str(lfw / split))
-    return [lfw / "train.beton", lfw / "val.beton"]
+        convert(str(root / split))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +171,11 @@ def test_device_augment_seeded_per_sample_and_normalised():
         DeviceAugment(AugmentConfig(policy="rand-m9-mstd0.5"), MEAN, STD, seed=0, train=True)
 
 
-def test_parity_with_torch_path_batches_and_accuracy(lfw, lfw_betons, tmp_path):
+def test_parity_with_torch_path_batches_and_accuracy(lfw_betons, tmp_path):
     """Same recipe on both paths: batches of the same shape, dtype and normalisation; similar accuracy."""
     import shutil
 
-    lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
-    assert lfw_betons  # lfw/train.beton next to the folder: where data.loader=ffcv (or auto) finds it
+    lfw = Path(shutil.copytree(lfw_betons, tmp_path / "lfw"))  # lfw/train.beton next to the folder: found by ffcv/auto
     common = lfw_overrides(lfw, **{"data.image_size": 96, "train.epochs": 8, "data.batch_size": 8, "optim.lr": 1e-3,
                                    "augment.scale": "[0.7,1.0]"})  # fmt: skip
     results, batches = {}, {}
@@ -206,7 +210,7 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw, lfw_betons, tmp_path):
     assert results["ffcv"]["val_top1"] >= 0.85 and abs(results["ffcv"]["val_top1"] - results["torch"]["val_top1"]) <= 0.08
 
 
-def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, lfw_betons, tmp_path):
+def test_ffcv_resume_mid_epoch_is_bit_exact(lfw_betons, tmp_path):
     """The FFCV path keeps exact resume: seeded order, seeded crops in the decoder, seeded device augmentation."""
     import shutil
 
@@ -214,8 +218,7 @@ def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, lfw_betons, tmp_path):
 
     from tests.conftest import stop_after as _stop_after
 
-    lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
-    assert lfw_betons
+    lfw = Path(shutil.copytree(lfw_betons, tmp_path / "lfw"))
     over = lfw_overrides(lfw, **{"data.loader": "ffcv", "data.num_workers": 2, "data.batch_size": 8,
                                  "train.deterministic": "true", "model.head_dropout": 0.3, "augment.color_jitter": 0.2,
                                  "augment.rotate": 10, "augment.random_erasing": 0.3, "augment.mixup": 0.4,
@@ -232,13 +235,12 @@ def test_ffcv_resume_mid_epoch_is_bit_exact(lfw, lfw_betons, tmp_path):
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
 
 
-def test_two_process_ddp_training_on_ffcv(lfw, lfw_betons, tmp_path):
+def test_two_process_ddp_training_on_ffcv(lfw_betons, tmp_path):
     """`ftl train` under torchrun (2 CPU processes) on .beton files: ranks agree, validation counts every image once."""
     import re
     import shutil
 
-    lfw = Path(shutil.copytree(lfw, tmp_path / "lfw"))
-    assert lfw_betons
+    lfw = Path(shutil.copytree(lfw_betons, tmp_path / "lfw"))
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29543", "-m", "launcher.cli", "train", "base",
            *lfw_overrides(lfw, **{"data.num_workers": 1, "data.loader": "ffcv"}), "--run-dir", str(tmp_path / "ddp")]  # fmt: skip

@@ -465,3 +465,28 @@ def test_slurm_time_strings_are_read_as_slurm_reads_them(slurm, tmp_path):
         script = next(out.glob("logs/*/*_submission.sh")).read_text()
         assert f"#SBATCH --time={minutes}\n" in script, script
         cancel_everything(out, f"ftl-t{minutes}-", "slurm")
+
+
+def test_a_signal_handed_to_another_thread_is_held_too():
+    """Ctrl-C is process-directed: with a helper thread alive (filelock's heartbeat), the kernel may hand it to that
+    thread, past the submitting thread's mask. It is still held until the submission is recorded, then raised."""
+    import signal
+    import threading
+
+    from launcher.executors import signals_held
+
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait, daemon=True)
+    helper.start()
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                signal.pthread_kill(helper.ident, signal.SIGINT)  # what the kernel may do with a Ctrl-C
+                time.sleep(0.3)  # the helper runs the C handler; then bytecodes on which Python would raise it
+                for _ in range(10_000):
+                    pass
+                done.append("recorded")
+    finally:
+        stop.set()
+    assert done == ["recorded"]

@@ -290,13 +290,16 @@ mem_limit: 24
 
 def test_interpolations_of_the_application_config(tmp_path, monkeypatch):
     monkeypatch.delenv("FTL_TEST_ACCOUNT", raising=False)
-    text = "executor: slurm\ncomment: Running ${experiment_name}\ntimeout_min: ${hydra.launcher.t}\nt: 30\n"
+    hydra = "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher\n"
+    text = hydra + "comment: Running ${experiment_name}\ntimeout_min: ${hydra.launcher.t}\nt: 30\n"
     notes: list[str] = []
     with pytest.raises(FtlError, match=r"unknown key 't'"):  # siblings resolve as Hydra does; t itself is no key
         load_cluster(str(cluster_file(tmp_path, text)), notes)
-    cluster = load_cluster(str(cluster_file(tmp_path, "executor: slurm\ncomment: Running ${experiment_name}\n")), notes)
+    cluster = load_cluster(str(cluster_file(tmp_path, hydra + "comment: Running ${experiment_name}\n")), notes)
     assert "comment" not in cluster.slurm and any("comment not used" in n for n in notes)
     with pytest.raises(FtlError, match=r"partition: .*names the application's Hydra config.* write partition: VALUE"):
+        load_cluster(str(cluster_file(tmp_path, hydra + "partition: ${cluster.partition}\n")))
+    with pytest.raises(FtlError, match=r"partition: \$\{cluster.partition\} refers to another config's value.* write"):
         load_cluster(str(cluster_file(tmp_path, "executor: slurm\npartition: ${cluster.partition}\n")))
     with pytest.raises(FtlError, match=r"account: .*needs FTL_TEST_ACCOUNT in the environment: export FTL_TEST_ACCOUNT"):
         load_cluster(str(cluster_file(tmp_path, "executor: slurm\naccount: ${oc.env:FTL_TEST_ACCOUNT,???}\n")))
@@ -337,3 +340,14 @@ def test_the_recipes_weights_follow_a_swept_model(tmp_path):
     assert cfg.model.pretrained == "resnet18.a1_in1k"
     kept = config_lib.load("base", [f"data.train_dir={tmp_path}", "model.name=resnet18", "model.pretrained=null"])
     assert kept.model.pretrained is None
+
+
+def test_shell_syntax_in_an_ftl_file_is_the_shells(tmp_path, monkeypatch):
+    """`${#VAR}`, `${VAR:-0}` and `${VAR}` in the setup lines of ftl's own (or submitit's) files are shell syntax,
+    kept as written; only `${oc.env:...}` is resolved there."""
+    monkeypatch.setenv("FTL_TEST_CPUS", "3")
+    setup = ['echo "${#MY_TOKEN} ${SLURM_RESTART_COUNT:-0} ${HOME}"', "export N=${oc.env:FTL_TEST_CPUS}"]
+    path = cluster_file(tmp_path, yaml.safe_dump({"executor": "slurm", "setup": setup,
+                                                  "cpus_per_task": "${oc.env:FTL_TEST_CPUS,6}"}))  # fmt: skip
+    cluster = load_cluster(str(path))
+    assert cluster.setup == [setup[0], "export N=3"] and cluster.cpus_per_task == 3
