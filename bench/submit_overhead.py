@@ -6,7 +6,9 @@ Needs the local cluster (scripts/slurm/cluster.sh start; SLURM_CONF exported). S
 start time a week away (`--begin`), so nothing runs; all are cancelled at the end. `sacct` is counted through a
 shim on PATH: `ftl status` must make one accounting query for the whole sweep. The local runner's CPU per poll
 is read from /proc while 10,000 trials wait. Goals (issue #10): 1,000 <= 1 s, 10,000 <= 3 s, 100,000 <= 30 s,
-status of 100,000 <= 5 s with one sacct call, local 10,000 <= 5 s. Last line: `submit_10000_s: X`.
+status of 100,000 <= 5 s with one sacct call, local 10,000 <= 5 s. The test cluster's MaxArraySize is 101; the
+run restarts it with 1001 (FTL_SLURM_MAX_ARRAY), as a site would have it, and restores it. Every job it queued is
+cancelled by id at the end, and the queue is checked. Last line: `submit_10000_s: X`.
 
     SLURM_CONF=/tmp/ftl-slurm/slurm.conf python bench/submit_overhead.py [--sizes 1000,10000,100000]
 """
@@ -86,12 +88,22 @@ def count_queued(prefix: str) -> int:
     return sum(name.startswith(prefix) for name in out.split())
 
 
+def ours(prefix: str) -> list[str]:
+    """Array job ids of the queued jobs whose name starts with prefix."""
+    out = subprocess.run(["squeue", "-h", "-o", "%A|%j"], capture_output=True, text=True).stdout
+    return sorted({job for job, name in (line.split("|", 1) for line in out.splitlines()) if name.startswith(prefix)})
+
+
 def cancel(prefix: str) -> None:
-    names = {n for n in subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True).stdout.split()
-             if n.startswith(prefix)}  # fmt: skip
-    if names:
-        subprocess.run(["scancel", "--name", ",".join(sorted(names))], capture_output=True)
-    time.sleep(2)
+    """Cancel this benchmark's jobs by id (scancel --name takes one name, not a list) and check they are gone."""
+    for _ in range(60):
+        jobs = ours(prefix)
+        if not jobs:
+            return
+        for start in range(0, len(jobs), 200):
+            subprocess.run(["scancel", *jobs[start : start + 200]], capture_output=True)
+        time.sleep(1)
+    raise SystemExit(f"jobs named {prefix}* are still queued after 60 s: {' '.join(ours(prefix)[:10])}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,6 +129,24 @@ def main() -> None:
     if not os.environ.get("SLURM_CONF") or not shutil.which("sbatch"):
         raise SystemExit("needs the local SLURM cluster: scripts/slurm/cluster.sh start; export SLURM_CONF=...")
     rows, headline = [], {}
+    cluster_sh = ["bash", str(REPO / "scripts" / "slurm" / "cluster.sh"), "start"]
+    subprocess.run(cluster_sh, env={**os.environ, "FTL_SLURM_MAX_ARRAY": "1001"}, check=True, capture_output=True)
+    try:
+        run(args, rows, headline)
+    finally:  # whatever happened, the queue is left as it was found
+        cancel("ftl-bench")
+        cancel("rawsubmitit")
+        subprocess.run(cluster_sh, check=True, capture_output=True)
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, date {date.today()}, "
+          "local SLURM (scripts/slurm/cluster.sh), jobs queued with --begin=now+7days; queue checked empty after")  # fmt: skip
+    print("| what | seconds | note |")
+    print("| --- | --- | --- |")
+    for what, seconds, note in rows:
+        print(f"| {what} | {seconds:.3f} | {note} |")
+    print(f"submit_10000_s: {headline.get(10000, float('nan')):.2f}")
+
+
+def run(args, rows: list, headline: dict) -> None:
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
         tmp = Path(tmp_name)
         data = tmp / "data"
@@ -160,14 +190,6 @@ def main() -> None:
         deadline = time.time() + 60
         while runner_alive(out) and time.time() < deadline:  # let it leave before its dir is removed
             time.sleep(0.5)
-
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, date {date.today()}, "
-          "local SLURM (scripts/slurm/cluster.sh), jobs queued with --begin=now+7days")  # fmt: skip
-    print("| what | seconds | note |")
-    print("| --- | --- | --- |")
-    for what, seconds, note in rows:
-        print(f"| {what} | {seconds:.3f} | {note} |")
-    print(f"submit_10000_s: {headline.get(10000, float('nan')):.2f}")
 
 
 if __name__ == "__main__":

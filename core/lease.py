@@ -84,17 +84,30 @@ class Lease:
             pass
 
 
-def take(run_dir: str | Path, owner: dict[str, Any] | None = None) -> Lease:
-    """A new lease on run_dir, newer than every lease before it (the run dir is created if needed)."""
+def newest(run_dir: str | Path) -> int:
+    """The newest lease token ever taken on run_dir (0: none)."""
+    folder = Path(run_dir) / LEASE_DIR
+    return max(_read_current(folder), *_tokens(folder), 0)
+
+
+def take(run_dir: str | Path, owner: dict[str, Any] | None = None, after: int | None = None) -> Lease:
+    """A new lease on run_dir, newer than every lease before it (the run dir is created if needed).
+
+    `after`: the token the caller saw when it decided to take the run dir (`newest`). Only the next token is
+    tried: when another taker got it first, the decision is out of date and LeaseLost says so - a compare-and-swap
+    on the O_EXCL file, so a claimer that paused between its decision and its lease never fences the newer one."""
     folder = Path(run_dir) / LEASE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "taken": time.time(),
             "job": os.environ.get("FTL_JOB_ID") or os.environ.get("SLURM_JOB_ID"), **(owner or {})}  # fmt: skip
-    token = max(_read_current(folder), *_tokens(folder), 0) + 1
+    token = (newest(run_dir) if after is None else after) + 1
     while True:
         try:
             fd = os.open(folder / f"{token:08d}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
+            if after is not None:
+                raise LeaseLost(f"{run_dir} was taken by another process (lease {token}) after this one decided "
+                                "to take it; nothing was written") from None  # fmt: skip
             token += 1  # another taker got this one first
             continue
         with os.fdopen(fd, "w") as f:
@@ -102,9 +115,9 @@ def take(run_dir: str | Path, owner: dict[str, Any] | None = None) -> Lease:
         break
     fault_point("lease-created")
     _write_current(folder, token)
-    newest = max(_tokens(folder))
-    if newest > token:  # a taker after us wrote `current` before we did: theirs stands
-        _write_current(folder, newest)
+    latest = max(_tokens(folder))
+    if latest > token:  # a taker after us wrote `current` before we did: theirs stands
+        _write_current(folder, latest)
     lease = Lease(Path(run_dir), token, info)
     lease.check()
     return lease

@@ -39,6 +39,7 @@ NOT_METRICS = {"step", "epoch", "epochs", "time", "val_n", "image_size", "input_
                "best_epoch", "best_metric", "best"}  # fmt: skip
 LOG_LINES = 30
 CURVE_TRIALS = 100  # the curves show the best-ranked trials only: a line per trial stops being readable long before
+TABLE_PAGE = 200  # table rows on the page at first (and per "show more"); sort and filter act on every row
 CURVE_POINTS = 500  # points per line at most (every k-th step record, and the last): the page stays small
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 CSS = """body{font:14px/1.45 system-ui,sans-serif;color:#1f2328;margin:0;background:#f6f8fa}h1{font-size:26px;margin:0}
@@ -54,7 +55,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td small{color:#57606a
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}dt{color:#57606a}dd{margin:0}
 pre{max-height:480px;background:#161b22;color:#e6edf3;padding:10px 12px;border-radius:6px;overflow:auto;font-size:12px}
 .note{color:#6e4b00;background:#fff8c5;border:1px solid #eed888;border-radius:6px;padding:8px 12px}
-.tools{display:flex;gap:12px;align-items:center;margin-bottom:8px}.tools input{font:inherit;padding:4px 8px;width:320px}
+#more{margin-top:8px;font:inherit;padding:4px 12px}.tools{display:flex;gap:12px;align-items:center;margin-bottom:8px}.tools input{font:inherit;padding:4px 8px;width:320px}
 .diff td:nth-child(2){color:#a40e26}.diff td:nth-child(3){color:#116329}code{font-size:12px}
 .st{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;background:#eaeef2;margin-right:6px}
 .COMPLETED{background:#dafbe1;color:#116329}.RUNNING,.PENDING{background:#ddf4ff;color:#0550ae}
@@ -72,17 +73,25 @@ JS = """(() => {
     th.setAttribute("aria-sort", up ? "ascending" : "descending");
     body.append(...[...body.rows].sort((a, b) => { const x = key(a, i), y = key(b, i);
       return x === null || y === null ? (x === null) - (y === null) : (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); }));
+    show();
   }));
   const box = document.getElementById("filter"), shown = document.getElementById("shown");
-  box.addEventListener("input", () => {
+  const more = document.getElementById("more"), page = +more.dataset.page;
+  let limit = page;
+  const show = () => {  // the rows that match the filter, the first `limit` of them on the page
     const words = box.value.toLowerCase().split(/\\s+/).filter(Boolean);
     let n = 0;
     for (const row of body.rows) {
-      row.hidden = !words.every(w => row.textContent.toLowerCase().includes(w));
-      n += !row.hidden;
+      const match = words.every(w => row.textContent.toLowerCase().includes(w));
+      n += match;
+      row.hidden = !match || n > limit;
     }
     shown.textContent = n;
-  });
+    more.hidden = n <= limit;
+    more.textContent = `show ${Math.min(page, n - limit)} more (${n - limit} not shown)`;
+  };
+  box.addEventListener("input", () => { limit = page; show(); });
+  more.addEventListener("click", () => { limit += page; show(); });
 })();"""
 
 
@@ -411,18 +420,27 @@ def _parallel_figure(sw: SweepData) -> Any:
 
 
 class _Plots:
-    """Figures as HTML: plotly.js is inlined with the first one (once per page), so the page needs no network."""
+    """Figures as HTML. plotly.js goes once into the page's <head> (`script`), whatever order the sections are
+    drawn and placed in - a figure above the one that carried the library was a blank section - and the page
+    needs no network."""
 
     def __init__(self) -> None:
-        self.js_done = False
+        self.drawn = False
 
     def __call__(self, fig: Any, div_id: str, note: str) -> str:
         if fig is None:
             return f'<p class="note">{_e(note)}</p>'
-        out = fig.to_html(full_html=False, include_plotlyjs=not self.js_done, div_id=div_id, config=PLOT_CONFIG,
-                          default_height=f"{fig.layout.height}px")  # fmt: skip
-        self.js_done = True
-        return out
+        self.drawn = True
+        return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG,
+                           default_height=f"{fig.layout.height}px")  # fmt: skip
+
+    def script(self) -> str:
+        """plotly.js inlined, when the page has a figure."""
+        if not self.drawn:
+            return ""
+        from plotly.offline import get_plotlyjs
+
+        return f'<script type="text/javascript">{get_plotlyjs()}</script>'
 
 
 # ---------------------------------------------------------------- files and logs
@@ -524,13 +542,17 @@ def _table(sw: SweepData, here: Path) -> str:
                  *(_td(_e(_show(v)), _fmt(_num(v)) if k in numeric and v != "-" else None, "num" * (k in numeric))
                    for k in sw.params for v in [t.params.get(k, "-")]),
                  _td(_e(t.rec.job_id or "-")), _td(_files(sw, t, here), cls="files")]  # fmt: skip
-        rows.append(f"<tr{' class=best' * (t is best)}>{''.join(cells)}</tr>")
+        hidden = " hidden" * (len(rows) >= TABLE_PAGE)  # a page at a time: 10,000 rows stay quick to open
+        rows.append(f"<tr{' class=best' * (t is best)}{hidden}>{''.join(cells)}</tr>")
     heads = ["trial", "state", "epochs", sw.metric, "best (epoch)", "duration", "GPU-h", *sw.params, "job", "files"]
     tools = (f'<div class="tools"><input id="filter" type="search" placeholder="filter: words in a row (id, state, '
              f'value)" aria-label="filter trials"><span><span id="shown">{len(rows)}</span> of {len(rows)} trials '
-             "shown; click a header to sort</span></div>")  # fmt: skip
+             f"match (up to {TABLE_PAGE} shown, more below); click a header to sort</span></div>")  # fmt: skip
     head = "".join(f"<th>{_e(h)}</th>" for h in heads)
-    return f'{tools}<table id="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    rest = len(rows) - TABLE_PAGE
+    more = (f'<button id="more" type="button" data-page="{TABLE_PAGE}"{" hidden" * (rest <= 0)}>show '
+            f"{min(TABLE_PAGE, rest)} more ({rest} not shown)</button>")  # fmt: skip
+    return f'{tools}<table id="trials"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{more}'
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -632,7 +654,7 @@ def build_report(sweep_dir: str | Path, out: Path | None = None, metric: str | N
         sections.insert(3, ("search", "Search", "The search: best so far and parameter importances", body))
     nav = "".join(f'<a href="#{sid}">{_e(short)}</a>' for sid, short, _, _ in sections)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>ftl sweep {_e(sw.man.name)}</title>'
-            f"<style>{CSS}</style></head><body><main><h1>Sweep {_e(sw.man.name)}</h1><nav>{nav}</nav>"
+            f"<style>{CSS}</style>{plot.script()}</head><body><main><h1>Sweep {_e(sw.man.name)}</h1><nav>{nav}</nav>"
             + "".join(f'<section id="{sid}"><h2>{_e(title)}</h2>{body}</section>' for sid, _, title, body in sections)
             + f"</main><script>{JS}</script></body></html>\n")  # fmt: skip
     write_text_atomic(out, page)

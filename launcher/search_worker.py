@@ -36,7 +36,7 @@ from typing import Any
 from core.errors import FtlError
 from core.faults import fault_point
 from core.fileio import write_json_atomic
-from core.lease import Lease, LeaseLost, take
+from core.lease import Lease, LeaseLost, newest, take
 from launcher import manifest as mf
 from launcher.sweep_lock import LockLost
 
@@ -105,7 +105,7 @@ class SearchWorker:
     # ------------------------------------------------------------ claim, run, tell
 
     def claim(self, sweep_dir: Path) -> Claim | None:
-        return retried(lambda: self._claim(sweep_dir))
+        return retried(lambda: self._claim(sweep_dir), lost=(LockLost, LeaseLost))
 
     def _claim(self, sweep_dir: Path) -> Claim | None:
         with mf.locked(sweep_dir) as man:
@@ -148,7 +148,12 @@ class SearchWorker:
         return self._lease(man, man.trials[trial_id])
 
     def _lease(self, man: mf.Manifest, record: mf.TrialRecord) -> Claim:
-        lease = take(man.dir / record.run_dir, {"job": job_id(), "slot": self.slot, "attempt": record.attempt})
+        """The trial's run dir lease, taken only if nobody took one since this claim was decided: a worker paused
+        here past the sweep lock finds the lock or the lease moved on (LockLost / LeaseLost: decided again)."""
+        run_dir = man.dir / record.run_dir
+        seen = newest(run_dir)
+        man.held.verify()  # the sweep lock still ours: no other claim of this trial since the decision
+        lease = take(run_dir, {"job": job_id(), "slot": self.slot, "attempt": record.attempt}, after=seen)
         fault_point("worker-claimed")
         return Claim(record.id, record.number or 0, record.optuna_id or 0, record.overrides, record.attempt, lease)
 
@@ -283,14 +288,15 @@ class SearchWorker:
                                  "result": {}, "cause": "preempted or cancelled; resumes from its checkpoint"}])  # fmt: skip
 
 
-def retried(decide, give_up_s: float = 60.0):
+def retried(decide, give_up_s: float = 60.0, lost: tuple[type[Exception], ...] = (LockLost,)):
     """Run a decision under the sweep lock again when the lock was lost meanwhile (this process paused past its
-    lease, or the lock file deleted): nothing of the lost attempt was written, so trying again is safe."""
+    lease, or the lock file deleted) - or, for a claim, the trial's lease taken by another claimer: nothing of the
+    lost attempt was written, so trying again is safe."""
     deadline, wait = time.monotonic() + give_up_s, 0.02
     while True:
         try:
             return decide()
-        except LockLost:
+        except lost:
             if time.monotonic() > deadline:
                 raise
             time.sleep(wait)

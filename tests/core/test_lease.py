@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from core.lease import LeaseLost, holder, take
+from core.lease import LeaseLost, holder, newest, take
 from tests.conftest import REPO
 
 
@@ -34,6 +34,19 @@ def test_a_stale_current_file_cannot_hand_the_run_back(tmp_path):
     assert third.token == new.token + 1
     with pytest.raises(LeaseLost):
         new.check()
+
+
+def test_a_take_decided_on_an_old_token_never_fences_the_newer_taker(tmp_path):
+    """A claimer reads the newest token, pauses, and another claimer takes the run dir meanwhile: its take (after=
+    the token it saw) is refused, and the newer holder keeps the run dir - before, the late taker won and fenced it."""
+    seen = newest(tmp_path / "run")
+    assert seen == 0
+    other = take(tmp_path / "run", {"job": "b"})
+    with pytest.raises(LeaseLost, match="taken by another process"):
+        take(tmp_path / "run", {"job": "a"}, after=seen)
+    other.check()
+    assert holder(tmp_path / "run")["job"] == "b" and newest(tmp_path / "run") == other.token
+    assert take(tmp_path / "run", after=other.token).token == other.token + 1  # decided on the newest: taken
 
 
 def _take_many(run_dir: str, n: int, queue) -> None:

@@ -4,6 +4,7 @@ real TPE + ASHA search on SLURM from a W&B sweep file."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ from core.errors import FtlError
 from launcher import manifest as mf
 from launcher.sweep import load_sweep
 from tests.conftest import REPO, SLURM_GROUP, TINY, ftl, run_ftl, wait_for
+from tests.launcher.test_report import probe
 
 
 def search_file(tmp_path: Path, name="s", program="jobs.objectives:quadratic", **spec) -> Path:
@@ -138,6 +140,10 @@ def test_local_search_asks_and_tells_each_trial_once(tmp_path):
     assert run_ftl("report", out).returncode == 0
     page = (out / "report.html").read_text()
     assert 'id="plot-search-history"' in page and 'id="plot-importance"' in page  # Optuna's own plots
+    if shutil.which("chromium"):  # drawn in a browser: the search figures sit above the others (they were blank)
+        seen = probe(out / "report.html", tmp_path, [], "")
+        assert {"search", "curves", "params", "parallel"} <= set(seen["plots"]), seen["plots"]
+        assert seen["plots"]["search"]["points"] + seen["plots"]["search"]["lines"] > 0, seen["plots"]["search"]
     assert "nothing to resume: the search's budget is spent" in run_ftl("resume", out).stdout
     # extend the finished search: the same study, more trials
     more = run_ftl("sweep", path, "n_trials=13", "--cluster", local_cluster(tmp_path, 3), "--out", out)
