@@ -4,6 +4,7 @@
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# A suite started in the background (`pytest ... &` from a script) inherits SIGINT ignored, and so would every `ftl`
+# it starts: the Ctrl-C tests would then test nothing (the signal ignored) and fail. Ctrl-C as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("WANDB_MODE", "offline")
 REPO = Path(__file__).resolve().parent.parent
