@@ -287,7 +287,7 @@ def path_problems(cfg: dict[str, Any]) -> list[str]:
     for key in ("data.train_dir", "data.val_dir"):
         path = get(cfg, key)
         if path not in (None, "???", ""):
-            problem = _data_path(str(path))
+            problem = _data_path(str(path), key)
             if problem:
                 out.append(f"{key}={path}: {problem}")
     return out
@@ -352,9 +352,26 @@ def _pretrained(value: Any, model: Any) -> str | None:
             "ftl run dir or a timm pretrained tag (arch.tag)")  # fmt: skip
 
 
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "eval")
+
+
+def split_problem(root: Path, what: str) -> str | None:
+    """A dataset root holding split folders (train/, val/ ... each with class folders) given where a class root
+    belongs: read as classes it trains a "train vs val" model without a word. The fix, or None."""
+    splits = [s for s in SPLIT_NAMES if (root / s).is_dir() and any(d.is_dir() for d in (root / s).iterdir())]
+    if len(splits) < 2 or splits[0] not in ("train", "training"):
+        return None
+    train, val = splits[0], next((s for s in splits[1:] if s != "test"), splits[1])
+    fix = (f"set data.train_dir={root / train} data.val_dir={root / val}" if what.startswith("data.")
+           else f"give one split, e.g. {root / train}")  # fmt: skip
+    return f"holds the dataset's splits ({', '.join(s + '/' for s in splits)}), not its classes: {fix}"
+
+
 @functools.cache
-def _data_path(path: str) -> str | None:
+def _data_path(path: str, key: str = "data.train_dir") -> str | None:
     p = Path(path).expanduser()
-    if p.is_dir() or (p.suffix == ".beton" and p.is_file()):
+    if p.is_dir():
+        return split_problem(p, key)
+    if p.suffix == ".beton" and p.is_file():
         return None
     return "no such directory" if not p.exists() else "not a directory (an ImageFolder root) or a .beton file"

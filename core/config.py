@@ -163,6 +163,8 @@ class TrackingConfig:
     run_id: str | None = None  # W&B run id (default: a hash of the run dir); kept across requeues
     job_type: str = "fine-tune"
     tags: list[str] = field(default_factory=list)
+    trial: str | None = None  # set by the launcher: the trial's id (also a W&B tag trial:<id>)
+    sweep_dir: str | None = None  # set by the launcher: the sweep dir the trial belongs to
     log_samples: int = 16  # validation samples with predictions logged as a W&B table (0: none)
     log_model: bool = False  # best weights as a W&B artifact
 

@@ -259,8 +259,9 @@ def build_tracking(cfg: DictConfig, run_dir: Path, main: bool, resume_step: int)
     from core.tracking import WandbTracker
 
     tr, values = cfg.tracking, config_lib.to_dict(cfg)
-    run = WandbTracker(run_dir, values, tr.project, tr.entity, tr.group, tr.name, tr.job_type, list(tr.tags),
-                       tr.run_id, resume_step)  # fmt: skip
+    tags = [*tr.tags, *([f"trial:{tr.trial}"] if tr.trial else [])]  # find a trial's run from `ftl status`
+    run = WandbTracker(run_dir, values, tr.project, tr.entity, tr.group, tr.name, tr.job_type, tags, tr.run_id,
+                       resume_step)  # fmt: skip
     for name in sorted(logged_metrics(values)):
         run.define_metric(name)  # W&B keeps each metric's best (and last) in the run's summary
     return logger, run

@@ -66,13 +66,31 @@ def short_name(name: str, limit: int = NAME_LIMIT) -> str:
     return f"{head.rstrip()}~{digest}"
 
 
+def shown(value: Any) -> str:
+    """A swept value for people: a float to 4 significant digits (a TPE or random value has 17: 0.0012520653814999472
+    -> 0.001252), anything else - ints, names, lists - as written. The trial itself runs the exact value."""
+    text = str(value)
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if text.strip().lstrip("+-").isdigit() or number != number or number in (float("inf"), float("-inf")):
+        return text
+    return f"{number:.4g}"
+
+
+def shown_overrides(overrides: list[str]) -> str:
+    """'optim.lr=0.0012520653814999472 model.name=resnet18' -> 'optim.lr=0.001252 model.name=resnet18'."""
+    return " ".join(f"{key}={shown(value)}" for key, value in (o.partition("=")[::2] for o in overrides))
+
+
 def run_name(overrides: list[str], limit: int = NAME_LIMIT) -> str:
     """A W&B run name from a trial's distinguishing overrides: ['optim.lr=0.003', 'finetune.strategy=full'] ->
     'lr=0.003 strategy=full' (a key's last part, its whole key when two keys end alike), cut to `limit`.
     Passed on as an override, quote it (`tracking.name=` + json.dumps(name)): a value may hold commas."""
     pairs = [o.partition("=")[::2] for o in overrides]
     leaves = [key.rsplit(".", 1)[-1] for key, _ in pairs]
-    parts = [f"{leaf if leaves.count(leaf) == 1 else key}={value}" for (key, value), leaf in zip(pairs, leaves)]
+    parts = [f"{leaf if leaves.count(leaf) == 1 else key}={shown(value)}" for (key, value), leaf in zip(pairs, leaves)]
     return short_name(" ".join(parts), limit)
 
 
@@ -95,7 +113,8 @@ class WandbTracker:
     checkpoint, with `resume_from=<id>?_step=<checkpoint step>`, W&B's rewind, so the history logged after the
     checkpoint (and logged again now) is dropped rather than doubled. Files go under the run dir; WANDB_MODE=offline
     (the default on compute nodes) writes them locally for a later `ftl sync`. The name, group and tags are cut to
-    W&B's limits (short_name); `finish(status)` records how the run ended.
+    W&B's limits (short_name); `finish(status)` records how the run ended. The console is captured ("wrap": what
+    the process prints, tracebacks included, lands in the run's output.log and W&B's Logs tab).
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], project: str, entity: str | None, group: str | None,
@@ -117,7 +136,7 @@ class WandbTracker:
         self.run = wandb.init(project=project, entity=entity, group=short_name(group) if group else None,
                               name=short_name(name or Path(run_dir).name), job_type=job_type,
                               tags=[short_name(t, TAG_LIMIT) for t in tags], config=config, id=run_id,
-                              dir=str(run_dir), settings=wandb.Settings(console="off"), **where)  # fmt: skip
+                              dir=str(run_dir), settings=wandb.Settings(console="wrap"), **where)  # fmt: skip
 
     def define_metric(self, name: str, goal: str | None = None) -> None:
         """Keep the best value of `name` in the run's summary: summary[name] becomes {goal: best, "last": last}

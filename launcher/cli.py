@@ -30,6 +30,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FtlError("give a recipe (`ftl train fine_tune ...`), or resume=RUN_DIR to continue a run")
     else:
         cfg = config.load(recipe, overrides)  # validate before anything else
+    if args.print_config:  # hydra's --cfg job: what would run, resolved and checked
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
+        return 0
     job = FineTuneJob(None, [], args.run_dir, config=config.to_dict(cfg), stop_signals=(signal.SIGUSR2, signal.SIGTERM, signal.SIGINT),
                       resume_existing=False)  # fmt: skip
     result = job()
@@ -162,8 +167,26 @@ def describe(dist: dict) -> str:
     return text
 
 
+def newest_sweep(sweep_dir: str | None) -> str:
+    """The sweep dir given, else the newest under ./sweeps (where `ftl sweep` puts one without --out), said on
+    stderr; none there is one line asking for the dir."""
+    from core.errors import FtlError
+
+    if sweep_dir:
+        return sweep_dir
+    found = [p.parent for p in Path("sweeps").glob("*/sweep.json")]
+    if not found:
+        raise FtlError(f"no sweep dir given and none under {Path('sweeps').resolve()}: name one, e.g. "
+                       "`ftl status sweeps/NAME-TIME` (the dir `ftl sweep` printed)")  # fmt: skip
+    newest = max(found, key=lambda p: ((p / "sweep.json").stat().st_mtime, p.name))
+    print(f"ftl: the newest sweep: {newest}", file=sys.stderr)
+    return str(newest)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from launcher.control import progress_line, refresh
+
+    args.sweep_dir = newest_sweep(args.sweep_dir)
 
     if args.watch:
         watch(args.sweep_dir, args.poll, 0, args.limit)
@@ -245,15 +268,24 @@ def watch(sweep_dir, poll: float, timeout: float, limit: int):
 
 
 def _hint(man, sweep_dir) -> str:
-    """What the user can do about trials that need attention."""
+    """What the user can do about trials that need attention: which a resume continues (preempted, timed out,
+    lost, held...) and which would fail again as they are (an error of their own: data, config, code; OOM)."""
+    from launcher import manifest as mf
     from launcher import states as st
 
     todo = [t for t in man.trials.values() if st.needs_resume(t.state) and not t.cancelled]
-    held = sum(st.phase(t.state) == "held" for t in todo)
     if not todo:
         return ""
+    repeat = [t for t in todo if not st.resume_helps(t.state, bool(mf.read_trial_files(Path(sweep_dir), t)[1].get("error")))]
+    fixable = len(todo) - len(repeat)
+    held = sum(st.phase(t.state) == "held" for t in todo)
     why = f" ({held} held by SLURM: `scontrol release` them, or resume queues them afresh)" if held else ""
-    return f"{len(todo)} trials need `ftl resume {sweep_dir}`{why}"
+    parts = [f"{fixable} trials need `ftl resume {sweep_dir}`{why}"] if fixable else []
+    if repeat:
+        shown = "; ".join(f"{t.id}: {t.cause or t.state.lower()}" for t in repeat[:3])
+        parts.append(f"{len(repeat)} failed for a reason of their own that a resume would repeat - fix it first, "
+                     f"then `ftl resume {sweep_dir}` ({shown}{'; ...' if len(repeat) > 3 else ''})")  # fmt: skip
+    return "; ".join(parts)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -286,13 +318,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     from launcher import states as st
+    from core.tracking import shown_overrides
     from launcher.control import budget_shortfall, progress_line
 
+    args.sweep_dir = newest_sweep(args.sweep_dir)
     man = watch(args.sweep_dir, args.poll, args.timeout, args.limit)
     print(f"ftl: {progress_line(man)}")
     best = man.best()
     if best is not None:
-        print(f"ftl: best trial {best.id}: {man.metric} {best.result[man.metric]:.4f} ({' '.join(best.overrides)})")
+        print(f"ftl: best trial {best.id}: {man.metric} {best.result[man.metric]:.4f} ({shown_overrides(best.overrides)})")
         print(f"ftl: its run dir {Path(args.sweep_dir) / man.trials[best.id].run_dir}")
     bad = [t for t in man.trials.values() if not st.is_success(t.state)]
     failed_workers = [w for w in man.jobs.values() if man.search and not st.is_success(w.state)]
@@ -322,6 +356,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from launcher.control import refresh
 
+    args.sweep_dir = newest_sweep(args.sweep_dir)
     refresh(args.sweep_dir)  # the report shows states as they are now, not as the last `ftl status` saw them
     if args.wandb or args.publish:
         from launcher.wandb_report import build_wandb_report, publish
@@ -358,6 +393,17 @@ def parse_classes(text: str) -> list[int]:
         raise FtlError(f"--classes {text!r}: use a range like 0-4 or a list like 5,7,9") from None
 
 
+def positive(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 images per class, 0 samples, 0 rows make nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftl", description="ftl, the fine-tune launcher")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors (anywhere on the line)")
@@ -370,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "resume=RUN_DIR continues a run with its own config")  # fmt: skip
     train.add_argument("--run-dir", help="where the run lives (default: train.output_dir/<name>-<time>)")
     train.add_argument("--force", action="store_true", help="resume even if the overrides change what the run is")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (recipe, its bases, overrides, defaults) as YAML; train nothing")  # fmt: skip
     train.set_defaults(func=cmd_train)
 
     lr = verbs.add_parser("lr-find", help="LR range test: suggestions, plot and JSON")
@@ -382,17 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("recipe")
     preview.add_argument("overrides", nargs="*")
     preview.add_argument("--out", default="augment_preview.png")
-    preview.add_argument("--samples", type=int, default=6, help="rows: training images")
-    preview.add_argument("--repeats", type=int, default=6, help="columns: augmentations of each")
+    preview.add_argument("--samples", type=positive, default=6, help="rows: training images")
+    preview.add_argument("--repeats", type=positive, default=6, help="columns: augmentations of each")
     preview.set_defaults(func=cmd_augment_preview)
 
     data = verbs.add_parser("data", help="datasets").add_subparsers(dest="data_verb", required=True)
     prep = data.add_parser("prepare", help="write a bundled real dataset as ImageFolder train/ and val/")
     prep.add_argument("name", help="fashion-mnist | lfw-subset")
     prep.add_argument("--out", required=True, help="output directory (must not exist yet)")
-    prep.add_argument("--per-class", type=int, help="first N training images of each class")
-    prep.add_argument("--val-per-class", type=int, help="first N validation images of each class")
-    prep.add_argument("--val-first", type=int, help="first N validation images overall (official order)")
+    prep.add_argument("--per-class", type=positive, help="first N training images of each class")
+    prep.add_argument("--val-per-class", type=positive, help="first N validation images of each class")
+    prep.add_argument("--val-first", type=positive, help="first N validation images overall (official order)")
     prep.add_argument("--classes", help="keep these class indices, e.g. 0-4 or 5,7,9")
     prep.set_defaults(func=cmd_data_prepare)
     conv = data.add_parser("convert", help="write an ImageFolder root or a bundled dataset as an FFCV .beton")
@@ -400,13 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", help="the .beton file (default for a folder: SRC.beton, next to it)")
     conv.add_argument("--mode", default="jpg", choices=["jpg", "raw", "proportion"],
                       help="how images are stored: JPEG, raw pixels, or a random share as JPEG")
-    conv.add_argument("--max-resolution", type=int, help="shrink images so the longer side is at most this")
+    conv.add_argument("--max-resolution", type=positive, help="shrink images so the longer side is at most this")
     conv.add_argument("--jpeg-quality", type=int, default=90)
     conv.add_argument("--compress-probability", type=float, default=0.5, help="--mode proportion: share as JPEG")
     conv.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted) instead of failing")
     conv.add_argument("--split", default="train", help="bundled dataset: train | val")
-    conv.add_argument("--per-class", type=int, help="first N images of each class")
-    conv.add_argument("--workers", type=int, help="writer processes (default: the CPU count, at most 8)")
+    conv.add_argument("--per-class", type=positive, help="first N images of each class")
+    conv.add_argument("--workers", type=positive, help="writer processes (default: the CPU count, at most 8)")
     conv.set_defaults(func=cmd_data_convert)
 
     sweep = verbs.add_parser("sweep", help="expand a sweep file and queue its trials (returns at once)")
@@ -416,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep dir (default: sweeps/<name>-<time>)")
     sweep.add_argument("--dry-run", action="store_true", help="print the trial table; submit nothing")
     sweep.add_argument("--recipe", help="the base recipe (for a file that names none, e.g. a W&B sweep file)")
-    sweep.add_argument("--show", type=int, default=50, help="trials to list with --dry-run")
+    sweep.add_argument("--show", type=positive, default=50, help="trials to list with --dry-run")
     sweep.set_defaults(func=cmd_sweep)
 
     for verb, func, text in (("status", cmd_status, "one-query status table of a sweep"),
@@ -425,15 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
                              ("wait", cmd_wait, "wait for a sweep to finish, with a progress bar"),
                              ("repair", cmd_repair, "repair a damaged sweep dir (damaged log lines, study journal)")):  # fmt: skip
         p = verbs.add_parser(verb, help=text)
-        p.add_argument("sweep_dir")
+        if verb in ("status", "wait"):
+            p.add_argument("sweep_dir", nargs="?", help="default: the newest sweep under ./sweeps")
+        else:
+            p.add_argument("sweep_dir")  # what changes a sweep names it
         p.set_defaults(func=func)
         if verb in ("status", "wait"):
-            p.add_argument("--limit", type=int, default=40, help="rows to show: running trials, then best first")
+            p.add_argument("--limit", type=positive, default=40, help="rows to show: running trials, then best first")
             p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
         if verb == "status":
             p.add_argument("--watch", action="store_true", help="refresh a live table until every trial is settled")
         if verb == "resume":
-            p.add_argument("--max-attempts", type=int, help="retry trials that failed fewer times than this (default: "
+            p.add_argument("--max-attempts", type=positive, help="retry trials that failed fewer times than this (default: "
                                                              "the sweep's max_attempts, 3)")  # fmt: skip
         if verb == "wait":
             p.add_argument("--timeout", type=float, default=7 * 24 * 3600,
@@ -447,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     report = verbs.add_parser("report", help="a self-contained HTML report of a sweep (or a W&B Report spec)")
-    report.add_argument("sweep_dir")
+    report.add_argument("sweep_dir", nargs="?", help="default: the newest sweep under ./sweeps")
     report.add_argument("--out", type=Path, help="default: SWEEP_DIR/report.html (or wandb_report.json)")
     report.add_argument("--metric", help="rank trials by this metric (default: the sweep's)")
     report.add_argument("--wandb", action="store_true", help="write a W&B Report spec (wandb-workspaces) instead")

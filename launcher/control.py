@@ -19,6 +19,7 @@ import yaml
 
 from core import config as config_lib
 from core.errors import FtlError
+from core.tracking import shown_overrides
 from launcher import manifest as mf
 from launcher import states as st
 from launcher.clusters import ClusterConfig, cluster_from_dict, load_cluster, missing_secrets, public_dict
@@ -169,7 +170,7 @@ def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
     for t in man.trials.values():
         progress, result = files(t)
         if not progress and not result and not t.result:  # not started (most of a large queued sweep)
-            rows.append(Row(t.id, t.state, "-", None, None, t.job_id or "-", " ".join(t.overrides), "-", None, None,
+            rows.append(Row(t.id, t.state, "-", None, None, t.job_id or "-", shown_overrides(t.overrides), "-", None, None,
                             t.cause))  # fmt: skip
             continue
         epoch = f"{progress.get('epoch', 0)}/{progress['epochs']}" if "epochs" in progress else "-"
@@ -177,7 +178,7 @@ def rows_of(man: mf.Manifest, files: mf.TrialFiles | None = None) -> list[Row]:
         best = progress.get("best") if isinstance(progress.get("best"), (int, float)) else None
         live = st.phase(t.state) == "live" and "steps_per_epoch" in progress
         rows.append(Row(t.id, t.state, epoch, metric if isinstance(metric, (int, float)) else None, best,
-                        t.job_id or "-", " ".join(t.overrides),
+                        t.job_id or "-", shown_overrides(t.overrides),
                         f"{progress.get('step_in_epoch', 0)}/{progress['steps_per_epoch']}" if live else "-",
                         progress.get("img_per_s") if live else None, progress.get("eta_s") if live else None,
                         t.cause if not st.is_success(t.state) else ""))  # fmt: skip

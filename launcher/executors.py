@@ -58,7 +58,8 @@ def trial_spec(man: mf.Manifest, record: mf.TrialRecord) -> TrialSpec:
                          int(record.id.removeprefix("w")), sweep_dir)  # fmt: skip
     group = sweep_group(man.name, man.uid)  # every launch its own W&B group
     name = run_name(record.overrides) or record.id  # what distinguishes the trial (quoted: values may hold commas)
-    wandb = [f"tracking.group={json.dumps(group)}", f"tracking.name={json.dumps(name)}"]
+    wandb = [f"tracking.group={json.dumps(group)}", f"tracking.name={json.dumps(name)}",
+             f"tracking.trial={record.id}", f"tracking.sweep_dir={json.dumps(str(sweep_dir))}"]  # fmt: skip
     return TrialSpec(record.id, f"{sweep_dir}/recipe.yaml", [*wandb, *man.overrides, *record.overrides],
                      f"{sweep_dir}/{record.run_dir}", man.early_stop, record.attempt, sweep_dir=sweep_dir)  # fmt: skip
 

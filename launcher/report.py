@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from core.errors import FtlError, did_you_mean
 from core.fileio import write_text_atomic
-from core.tracking import read_jsonl
+from core.tracking import read_jsonl, shown, shown_overrides
 from launcher import manifest as mf
 
 FAILED = ("FAILED", "PREEMPTED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "LOST",
@@ -176,14 +176,8 @@ def _r(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _show(value: Any) -> str:
-    """A swept value for people: a float rounded to 4 significant digits (random sweeps write 17), else as written."""
-    text, num = str(value), _num(value)
-    return text if num is None or text.strip().lstrip("+-").isdigit() else _fmt(num)
-
-
 def _overrides(rec: mf.TrialRecord) -> str:
-    return " ".join(f"{k}={_show(v)}" for k, v in (o.partition("=")[::2] for o in rec.overrides)) or "-"
+    return shown_overrides(rec.overrides) or "-"
 
 
 def _duration(seconds: float | None) -> str:
@@ -300,7 +294,7 @@ def _int_step(span: float) -> int:
 
 
 def _label(t: Trial, sw: SweepData) -> str:
-    label = f"{t.rec.id} " + " ".join(f"{k.rsplit('.', 1)[-1]}={_short(_show(t.params.get(k, '-')), 14)}"
+    label = f"{t.rec.id} " + " ".join(f"{k.rsplit('.', 1)[-1]}={_short(shown(t.params.get(k, '-')), 14)}"
                                       for k in sw.varying)  # fmt: skip
     return _pe(label if len(label) <= 60 else label[:59] + "…")
 
@@ -330,18 +324,18 @@ def _curves_figure(sw: SweepData) -> Any:
     fig = make_subplots(rows, cols, subplot_titles=[_pe(f"{k} per {x}") for k, x in panels], vertical_spacing=0.16)
     colors, best = qualitative.D3 if len(trials) <= 10 else qualitative.Alphabet, (sw.done or [None])[0]
     for i, t in enumerate(trials):
-        shown = False
+        in_legend = False
         for n, (key, x) in enumerate(panels):
             if points := series[t.rec.id, key, x]:
                 xs, ys = zip(*points)
                 fig.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines+markers" if x == "epoch" else "lines", marker={"size": 6},
-                    name=_label(t, sw) + " ★" * (t is best), legendgroup=t.rec.id, showlegend=not shown,
+                    name=_label(t, sw) + " ★" * (t is best), legendgroup=t.rec.id, showlegend=not in_legend,
                     line={"color": colors[i % len(colors)], "width": 3.5 if t is best else 1.6,
                           "dash": "dash" if t.state in FAILED else "solid"},
                     hovertemplate=f"%{{fullData.name}}<br>{x} %{{x}}<br>{_pe(key)} %{{y:.4~g}}<extra></extra>"),
                     row=n // cols + 1, col=n % cols + 1)  # fmt: skip
-                shown = True
+                in_legend = True
     for n, (key, x) in enumerate(panels):
         ys = [y for t in trials for _, y in series[t.rec.id, key, x]]
         decades = math.log10(max(ys) / min(ys)) if key == "lr" and min(ys) > 0 else 0.0
@@ -375,7 +369,7 @@ def _params_figure(sw: SweepData) -> Any:
             x=[_pe(v) for v in values] if cats else [_r(x) for x in xs], y=ys, mode="markers", showlegend=False,
             marker={"size": [16] + [10] * (len(done) - 1), "symbol": ["star"] + ["circle"] * (len(done) - 1),
                     "color": ["#cf222e"] + ["#0969da"] * (len(done) - 1), "opacity": 0.85},
-            customdata=[[_pe(t.rec.id), _pe(_show(v)), t.state.lower()] for t, v in zip(done, values)],
+            customdata=[[_pe(t.rec.id), _pe(shown(v)), t.state.lower()] for t, v in zip(done, values)],
             hovertemplate=f"trial %{{customdata[0]}} (%{{customdata[2]}})<br>{_pe(key)} = %{{customdata[1]}}<br>"
                           f"{_pe(sw.metric)} %{{y:.4~g}}<extra></extra>"), row=row, col=col)  # fmt: skip
         if cats:
@@ -401,7 +395,7 @@ def _parallel_figure(sw: SweepData) -> Any:
     for key in keys:
         xs, log, cats = _axis([t.params.get(key, "-") for t in done])
         if cats:
-            ticks = [_short(_show(c), 24) for c in cats]  # parcoords shows tick labels as plain text: not escaped
+            ticks = [_short(shown(c), 24) for c in cats]  # parcoords shows tick labels as plain text: not escaped
             dims.append({"label": _pe(key), "values": xs, "range": [-0.5, len(cats) - 0.5],
                          "tickvals": list(range(len(cats))), "ticktext": ticks})  # fmt: skip
         else:
@@ -539,7 +533,7 @@ def _table(sw: SweepData, here: Path) -> str:
                  _td(_fmt(t.best) + best_at, _fmt(t.best) if t.best is not None else "", "num"),
                  _td(_duration(t.seconds), round(t.seconds) if t.seconds is not None else "", "num"),
                  _td(_fmt(hours) if sw.gpus else "CPU", _fmt(hours) if hours is not None else "", "num"),
-                 *(_td(_e(_show(v)), _fmt(_num(v)) if k in numeric and v != "-" else None, "num" * (k in numeric))
+                 *(_td(_e(shown(v)), _fmt(_num(v)) if k in numeric and v != "-" else None, "num" * (k in numeric))
                    for k in sw.params for v in [t.params.get(k, "-")]),
                  _td(_e(t.rec.job_id or "-")), _td(_files(sw, t, here), cls="files")]  # fmt: skip
         hidden = " hidden" * (len(rows) >= TABLE_PAGE)  # a page at a time: 10,000 rows stay quick to open

@@ -211,7 +211,8 @@ class SearchWorker:
         man = self.sweep
         s = man.search or {}
         tracking = [f"tracking.group={json.dumps(sweep_group(man.name, man.uid))}",
-                    f"tracking.name={json.dumps(run_name(claim.overrides) or claim.id)}"]  # fmt: skip
+                    f"tracking.name={json.dumps(run_name(claim.overrides) or claim.id)}",
+                    f"tracking.trial={claim.id}", f"tracking.sweep_dir={json.dumps(str(sweep_dir))}"]  # fmt: skip
         early = {"storage": str(sweep_dir / "search" / "study.journal"), "study": man.name, "metric": man.metric,
                  "mode": man.mode, "pruner": s["early_stop"], "trial_id": claim.optuna_id}  # fmt: skip
         overrides = [*tracking, *man.overrides, *claim.overrides]

@@ -85,6 +85,22 @@ def needs_resume(state: str) -> bool:
     return p in ("unsubmitted", "held") or (p == "final" and not is_success(state))
 
 
+# Ends that say nothing against the trial itself: its job was stopped or lost from outside; a resume continues it
+# from its checkpoint. FAILED is one of these only when the run left no error of its own (killed by a signal).
+OUTSIDE_STATES = frozenset({"CANCELLED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED",
+                            "LOST", "INTERRUPTED"})  # fmt: skip
+
+
+def resume_helps(state: str, own_error: bool) -> bool:
+    """Would `ftl resume` likely carry the trial to the end as it is? Not for an error its run raised (bad data, a
+    config the run refused, a crash in the code: they repeat), nor out of memory (the same batch needs the same
+    memory); yes for preemption, time limits, node failures, cancels, lost jobs, and a kill from outside."""
+    state = normalise(state)
+    if state in OUTSIDE_STATES or phase(state) in ("unsubmitted", "held"):
+        return True
+    return state == "FAILED" and not own_error
+
+
 def is_settled(state: str) -> bool:
     """Nothing more happens to the trial without someone acting: what `ftl wait` waits for."""
     return phase(state) in ("final", "held", "unsubmitted")

@@ -129,8 +129,6 @@ def _source(src: str, split: str, per_class: int | None) -> tuple[list[tuple[Any
         return [(img, int(lab)) for img, lab in zip(images, labels)], list(names), f"{src}:{split}"
     if not path.is_dir():
         raise FtlError(f"{src}: no such directory or bundled dataset (bundled: {', '.join(bundled.DATASETS)})")
-    if (path / "train").is_dir() and (path / "val").is_dir() and any(d.is_dir() for d in (path / "train").iterdir()):
-        raise FtlError(f"{src} holds train/ and val/ splits: convert each, e.g. `ftl data convert {path}/train`")
     folder = scan_image_folder(path, "SRC")
     samples = [(p, int(lab)) for p, lab in folder.samples]
     if per_class is not None:  # the first per_class images of each class, in folder order

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
+from core.checks import split_problem
 from core.errors import FtlError
 
 Sample = tuple[str, int]
@@ -129,9 +130,12 @@ class SeededImageDataset(Dataset):
 
 
 def scan_image_folder(root: str | Path, what: str) -> ImageFolder:
+    """An ImageFolder class root (ROOT/<class>/<image>), or one line saying what is wrong with it."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FtlError(f"{what}={root}: no such directory (prepare one with `ftl data prepare NAME --out DIR`)")
+    if problem := split_problem(root, what):
+        raise FtlError(f"{what}={root} {problem}")
     try:
         return ImageFolder(str(root))
     except (FileNotFoundError, RuntimeError) as e:

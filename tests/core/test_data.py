@@ -86,3 +86,18 @@ def test_corrupt_image_is_named(tmp_path):
     s = build_datasets(str(tmp_path), str(tmp_path), None, None)
     with pytest.raises(FtlError, match=r"cannot read image .*broken.png"):
         [s.train[i] for i in range(len(s.train))]
+
+
+def test_a_dataset_root_where_a_class_root_belongs_is_refused_with_the_fix(lfw):
+    """data.train_dir=ROOT holding train/ and val/: read as classes it trained a 2-class "train vs val" model."""
+    from core import checks
+    from core.data.beton import _source
+
+    fix = rf"set data.train_dir={lfw}/train data.val_dir={lfw}/val"
+    with pytest.raises(FtlError, match=rf"data.train_dir={lfw} holds the dataset's splits \(train/, val/\), not its classes: {fix}"):
+        build_datasets(str(lfw), None, None, None)
+    assert checks.path_problems({"data": {"train_dir": str(lfw), "val_dir": None}}) == [
+        f"data.train_dir={lfw}: holds the dataset's splits (train/, val/), not its classes: {fix.replace(chr(92), '')}"]
+    with pytest.raises(FtlError, match=rf"SRC={lfw} holds the dataset's splits .* give one split, e.g. {lfw}/train"):
+        _source(str(lfw), "train", None)
+    assert build_datasets(f"{lfw}/train", f"{lfw}/val", None, None).classes == ["face", "non_face"]  # class roots

@@ -24,11 +24,13 @@ from tests.wandb_files import CorruptRunFile, read_offline_run, records
 def test_offline_run_has_config_group_name_and_metrics(lfw, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     over = lfw_overrides(lfw, **{"tracking.wandb": "true", "tracking.group": "sweep-a", "tracking.name": "trial-1",
-                                 "tracking.log_samples": 4})  # fmt: skip
+                                 "tracking.log_samples": 4, "tracking.trial": "t00003", "tracking.sweep_dir": "/sw/x"})  # fmt: skip
     engine.fit(config.load("base", over), tmp_path / "run")
     (run_dir,) = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     run = read_offline_run(run_dir)
-    assert run["group"] == "sweep-a" and run["name"] == "trial-1"
+    assert run["group"] == "sweep-a" and run["name"] == "trial-1" and "trial:t00003" in run["tags"]
+    assert run["config"]["tracking"]["trial"] == "t00003" and run["config"]["tracking"]["sweep_dir"] == "/sw/x"
+    assert "ftl: epoch" in (run_dir / "files" / "output.log").read_text()  # the console is in the run
     assert run["config"]["optim"]["lr"] == 1e-3 and run["config"]["data"]["image_size"] == 64
     epochs = [h for h in run["history"] if "val_top1" in h]
     assert [h["epoch"] for h in epochs] == [1, 2] and all(0 <= h["val_top1"] <= 1 for h in epochs)

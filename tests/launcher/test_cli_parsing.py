@@ -116,3 +116,39 @@ sys.exit(4)
     assert proc.stdout == "no newline, not flushed" and (tmp_path / "atexit").read_text() == "ran"
     assert proc.returncode == (4 if thread else 3)
     assert (tmp_path / "thread").is_file() == thread
+
+
+def test_status_wait_and_report_without_a_dir_take_the_newest_sweep(tmp_path, monkeypatch, capsys):
+    from launcher.cli import main
+    from tests.launcher.test_report import fake_sweep
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 2 and "no sweep dir given and none under" in capsys.readouterr().err
+    old, new = fake_sweep(tmp_path / "sweeps" / "a-1", name="old"), fake_sweep(tmp_path / "sweeps" / "b-2", name="new")
+    os.utime(new / "sweep.json", (2e9, 2e9))
+    assert main(["status"]) == 0
+    out = capsys.readouterr()
+    assert "the newest sweep: sweeps/b-2" in out.err and "b2" in out.out, out
+    assert main(["report"]) == 0 and (new / "report.html").exists() and not (old / "report.html").exists()
+    assert "the newest sweep: sweeps/b-2" in capsys.readouterr().err
+    assert main(["status", str(old)]) == 0 and "newest" not in capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_recipe_and_trains_nothing(tmp_path):
+    proc = ftl("train", "demo", "optim.lr=0.002", "--print-config", "--run-dir", tmp_path / "r")
+    cfg = yaml.safe_load(proc.stdout)
+    assert proc.returncode == 0 and cfg["optim"]["lr"] == 0.002 and cfg["train"]["epochs"] >= 1, proc.stderr
+    assert not (tmp_path / "r").exists()
+    one_line_error(ftl("train", "demo", "optim.lrr=1", "--print-config"), r"did you mean: optim.lr")
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "prepare", "fashion-mnist", "--out", "X", "--per-class", "0"],
+    ["data", "convert", "fashion-mnist", "--workers", "0"],
+    ["augment-preview", "demo", "--samples", "0"],
+    ["status", "--limit", "-1"],
+    ["resume", "sw", "--max-attempts", "zero"],
+])  # fmt: skip
+def test_counts_below_one_are_refused_before_anything_runs(argv):
+    proc = ftl(*argv)
+    assert proc.returncode == 2 and "expected a whole number >= 1" in proc.stderr and "Traceback" not in proc.stderr

@@ -46,6 +46,9 @@ def test_local_sweep_with_a_failing_trial(lfw, tmp_path):
     done = run_ftl("wait", out, "--poll", "1", timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr  # a trial failed: wait says so in its exit code
     assert "1 of 3 trials did not complete" in done.stdout and "ftl resume" in done.stdout
+    # the broken images fail again on resume: wait says so, with the cause, instead of "needs ftl resume"
+    assert "1 failed for a reason of their own that a resume would repeat" in done.stdout, done.stdout
+    assert "trials need `ftl resume" not in done.stdout and "t0002: " in done.stdout, done.stdout
     assert "2 completed, 1 failed" in done.stderr  # progress lines without a terminal, one per change
     man = mf.read(out)
     states = sorted(t.state for t in man.trials.values())

@@ -365,6 +365,9 @@ def test_run_names_are_the_distinguishing_overrides_cut_to_fit():
 
     assert run_name(["optim.lr=0.003", "finetune.strategy=full"]) == "lr=0.003 strategy=full"
     assert run_name(["model.name=a", "data.name=b"]) == "model.name=a data.name=b"  # same last part: whole keys
+    # a TPE value at full precision was the whole name; ints, names and lists stay as written
+    assert run_name(["optim.lr=0.0012520653814999472", "train.epochs=10", "model.name=resnet18", "x.y=[1, 2]"]) == \
+        "lr=0.001252 epochs=10 name=resnet18 y=[1, 2]"
     long = [f"augment.k{i}=value-{i}" for i in range(40)]
     name = run_name(long)
     assert len(name) <= NAME_LIMIT and name.startswith("k0=value-0 k1=value-1") and re.search(r"~[0-9a-f]{8}$", name)
