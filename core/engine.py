@@ -44,7 +44,7 @@ from core.models import build_model, count_params, data_config, freeze, recomput
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
 from core.progress import RunProgress
 from core.run_dir import plan_run
-from core.tracking import JsonlLogger, truncate_after
+from core.tracking import JsonlLogger, truncate_after, write_summary
 
 COMPILE_MIN_UPDATES = 500  # model.compile=auto compiles (on CUDA) runs of at least this many optimizer updates
 CACHE_MAX_BYTES = 2 * 2**30  # data.cache=auto keeps decoded images in RAM up to this size
@@ -470,6 +470,8 @@ class FineTune:
                 state.best_metric, state.best_epoch = metrics["val_top1"], state.epoch
             self._log({"step": state.global_step, "epoch": state.epoch, "train_loss": train_loss, "image_size": size,
                        "epoch_time_s": round(epoch_time, 3), **metrics})  # fmt: skip
+            if self.main:
+                write_summary(self.run_dir)  # summary.csv, as timm's train.py writes it
             self.say(f"ftl: epoch {state.epoch}/{t.epochs} train_loss {train_loss:.4f} val_loss {metrics['val_loss']:.4f} "
                      f"top1 {metrics['val_top1']:.4f} top5 {metrics['val_top5']:.4f}"
                      + (f" ema_top1 {metrics['val_ema_top1']:.4f}" if self.ema is not None else "")
@@ -598,7 +600,8 @@ class FineTune:
         """export/last (and best, and ema) safetensors with model.json, after an epoch (main process)."""
         m = self.cfg.model
         meta = {"model": m.name, "classes": self.data.classes, "num_classes": len(self.data.classes), "head": m.head,
-                "mean": self.mean, "std": self.std, "config": OmegaConf.to_container(self.cfg), "image_size": size,
+                "mean": self.mean, "std": self.std, "crop_pct": self.crop_pct, "resize": resize_mode(self.cfg.data.resize),
+                "config": OmegaConf.to_container(self.cfg), "image_size": size,
                 "epoch": self.state.epoch, "step": self.state.global_step}  # fmt: skip
         named = [("last", self.module)] + [("best", self.module)] * is_best
         named += [("ema", self.ema.module)] if self.ema is not None else []

@@ -27,6 +27,35 @@ class JsonlLogger:
             self._file = None
 
 
+SUMMARY_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "val_ema_top1", "lr",
+                   "image_size", "epoch_time_s")  # fmt: skip
+
+
+def write_summary(run_dir: str | Path) -> Path:
+    """run_dir/summary.csv, one row per finished epoch (timm's train.py writes the same file): read from
+    metrics.jsonl - an epoch logged again after a resume replaces its earlier row - with each epoch's last LR.
+    Rewritten whole (atomically) after each epoch: a few hundred bytes per epoch."""
+    import csv
+    import io
+
+    from core.fileio import write_text_atomic
+
+    rows: dict[int, dict[str, Any]] = {}
+    lr = None
+    for record in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        lr = record.get("lr", lr)
+        if "val_loss" in record and isinstance(record.get("epoch"), int):
+            rows[record["epoch"]] = {**record, "lr": lr}
+    columns = [c for c in SUMMARY_COLUMNS if any(c in r for r in rows.values())]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[e] for e in sorted(rows))
+    path = Path(run_dir) / "summary.csv"
+    write_text_atomic(path, out.getvalue())
+    return path
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():

@@ -85,6 +85,17 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.predict import evaluate_export
+
+    r = evaluate_export(args.run_dir, args.data_dir, args.weights, args.batch_size, args.out)
+    print(f"ftl: {r['weights']} on {args.data_dir} ({r['n']} images, {r['classes']} classes): loss {r['loss']:.4f} "
+          f"top1 {r['top1']:.4f} top5 {r['top5']:.4f}")  # fmt: skip
+    if args.out:
+        print(f"ftl: each image's prediction in {args.out}")
+    return 0
+
+
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     from core.data import bundled
 
@@ -356,8 +367,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from launcher.control import refresh
 
-    args.sweep_dir = newest_sweep(args.sweep_dir)
-    refresh(args.sweep_dir)  # the report shows states as they are now, not as the last `ftl status` saw them
+    from core.errors import FtlError
+
+    dirs = args.sweep_dir or [newest_sweep(None)]
+    for sweep_dir in dirs:
+        refresh(sweep_dir)  # the report shows states as they are now, not as the last `ftl status` saw them
+    if len(dirs) > 1:
+        if args.wandb or args.publish:
+            raise FtlError("--wandb / --publish take one sweep dir (a W&B report compares groups itself)")
+        from launcher.report import build_report
+
+        print(f"ftl: report of {len(dirs)} sweeps written to {build_report(dirs, args.out, args.metric)} (opens offline)")
+        return 0
+    args.sweep_dir = dirs[0]
     if args.wandb or args.publish:
         from launcher.wandb_report import build_wandb_report, publish
 
@@ -393,15 +415,22 @@ def parse_classes(text: str) -> list[int]:
         raise FtlError(f"--classes {text!r}: use a range like 0-4 or a list like 5,7,9") from None
 
 
-def positive(text: str) -> int:
-    """argparse type: a whole number >= 1 (0 images per class, 0 samples, 0 rows make nothing)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def at_least(low: int):
+    """An argparse type: a whole number >= low (0 images per class, 0 samples, 0 rows make nothing)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+
+    return whole_number
+
+
+positive = at_least(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--samples", type=positive, default=6, help="rows: training images")
     preview.add_argument("--repeats", type=positive, default=6, help="columns: augmentations of each")
     preview.set_defaults(func=cmd_augment_preview)
+
+    ev = verbs.add_parser("eval", help="a run's exported model on an ImageFolder: metrics, and each prediction")
+    ev.add_argument("run_dir", help="a finished run dir (or its export/, or an exported .safetensors)")
+    ev.add_argument("data_dir", help="ImageFolder root (ROOT/<class>/<image>) with the model's classes, or some")
+    ev.add_argument("--weights", default="best", choices=["best", "last", "ema"], help="which export (default best)")
+    ev.add_argument("--out", type=Path, help="write each image's label, prediction and probability here (CSV)")
+    ev.add_argument("--batch-size", type=positive, default=64)
+    ev.set_defaults(func=cmd_eval)
 
     data = verbs.add_parser("data", help="datasets").add_subparsers(dest="data_verb", required=True)
     prep = data.add_parser("prepare", help="write a bundled real dataset as ImageFolder train/ and val/")
@@ -479,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("sweep_dir")  # what changes a sweep names it
         p.set_defaults(func=func)
         if verb in ("status", "wait"):
-            p.add_argument("--limit", type=positive, default=40, help="rows to show: running trials, then best first")
+            p.add_argument("--limit", type=at_least(0), default=40, help="rows to show: running trials, then best first")
             p.add_argument("--poll", type=float, default=5.0, help="seconds between status queries")
         if verb == "status":
             p.add_argument("--watch", action="store_true", help="refresh a live table until every trial is settled")
@@ -498,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     report = verbs.add_parser("report", help="a self-contained HTML report of a sweep (or a W&B Report spec)")
-    report.add_argument("sweep_dir", nargs="?", help="default: the newest sweep under ./sweeps")
+    report.add_argument("sweep_dir", nargs="*", help="default: the newest sweep under ./sweeps; several: one report "
+                                                     "comparing all their trials (DIR1/../compare.html)")  # fmt: skip
     report.add_argument("--out", type=Path, help="default: SWEEP_DIR/report.html (or wandb_report.json)")
     report.add_argument("--metric", help="rank trials by this metric (default: the sweep's)")
     report.add_argument("--wandb", action="store_true", help="write a W&B Report spec (wandb-workspaces) instead")
@@ -576,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         from core.errors import FtlError
 
+        if isinstance(e, OSError) and e.filename and not args.debug:  # a path given (or implied) that cannot be used
+            print(f"ftl: error: {e.filename}: {e.strerror or e} (check the path and its parent folders)", file=sys.stderr)
+            return 2
         if args.debug or not isinstance(e, FtlError):
             raise
         lines = [line for line in str(e).strip().splitlines() if line.strip()]

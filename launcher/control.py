@@ -19,6 +19,7 @@ import yaml
 
 from core import config as config_lib
 from core.errors import FtlError
+from core.fileio import write_text_atomic
 from core.tracking import shown_overrides
 from launcher import manifest as mf
 from launcher import states as st
@@ -76,6 +77,8 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
     sweep_dir = Path(out) if out else Path("sweeps") / f"{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if sweep_dir.exists() and sweep.search and (sweep_dir / mf.SWEEP).is_file():
         return extend_search(sweep_dir, sweep), mf.read(sweep_dir), "the search continues with its study"
+    if sweep_dir.exists() and (sweep_dir / mf.SWEEP).is_file():
+        return sweep_dir, *extend_grid(sweep_dir, sweep)
     if sweep_dir.exists():
         raise FtlError(f"sweep dir {sweep_dir} already exists; continue it with `ftl resume {sweep_dir}` or pick --out")
     executor = create_executor(cluster, sweep_dir)
@@ -131,6 +134,28 @@ def extend_search(sweep_dir: Path, sweep: Sweep) -> Path:
             man.append([{"e": "search", **settings}])
     resume(sweep_dir)
     return sweep_dir
+
+
+def extend_grid(sweep_dir: Path, sweep: Sweep) -> tuple[mf.Manifest, str]:
+    """`ftl sweep FILE --out DIR` on an existing grid: the trials of FILE that DIR does not hold yet (new values,
+    new seeds) are added and queued, with every unfinished trial (as `ftl resume`); finished ones never run again.
+    Another recipe, metric or sweep-wide overrides would compare trials that are not alike: refused."""
+    with mf.locked(sweep_dir) as man:
+        if man.search or sweep.search:
+            raise FtlError(f"sweep dir {sweep_dir} holds a {'search' if man.search else 'grid'} and {sweep.path} is "
+                           f"a {'search' if sweep.search else 'grid'}: pick a new --out")  # fmt: skip
+        changed = [k for k in ("recipe", "metric", "mode", "overrides") if getattr(man, k) != getattr(sweep, k)]
+        if changed:
+            raise FtlError(f"sweep dir {sweep_dir} holds a grid with another {' / '.join(changed)}: its trials would "
+                           f"not compare with the new ones; pick a new --out")  # fmt: skip
+        new = [t for t in sweep.trials if t.id not in man.jobs]
+        if new:
+            man.append([{"e": "add", "trials": [[t.id, t.overrides] for t in new]}])
+            write_text_atomic(sweep_dir / "sweep.yaml", yaml.safe_dump(sweep.spec, sort_keys=False))
+    ids, note = resume(sweep_dir)
+    kept = len(sweep.trials) - len(new)
+    grown = f"{len(new)} new trials added ({kept} of the file's {len(sweep.trials)} were there already)"
+    return mf.read(sweep_dir), grown + (f"; queued {len(ids)} trials" if ids else f"; {note}")
 
 
 @dataclass

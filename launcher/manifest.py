@@ -101,6 +101,7 @@ class Manifest:
     offset: int = 0  # how far into the log this fold has read
     line: int = 0
     held: Any = None  # the sweep lock, while held (appends verify it)
+    added: dict[str, list[str]] = field(default_factory=dict)  # grid trials added after the launch ("add" events)
 
     def __post_init__(self) -> None:
         self.jobs = self.jobs or self.trials
@@ -133,7 +134,7 @@ class Manifest:
         return f"ftl-{self.name}-{self.uid}"
 
 
-RUNTIME_FIELDS = {"dir", "changed", "later", "trials", "jobs", "log", "offset", "line", "held"}  # not in sweep.json
+RUNTIME_FIELDS = {"dir", "changed", "later", "trials", "jobs", "log", "offset", "line", "held", "added"}  # not in sweep.json
 
 
 def finite(value: Any) -> bool:
@@ -210,6 +211,17 @@ def _ask(man: Manifest, event: dict[str, Any]) -> None:
                                        optuna_id=int(event["optuna_id"]), slot=int(event["slot"]))  # fmt: skip
 
 
+def _add(man: Manifest, event: dict[str, Any]) -> None:
+    """Grid trials added to a launched sweep (`ftl sweep FILE --out DIR` with new values or seeds): NEW, queued by
+    the resume that follows. A trial already there is left as it is."""
+    for trial_id, overrides in event["trials"]:
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise ValueError("overrides are not a list of strings")
+        if str(trial_id) not in man.jobs:
+            man.jobs[str(trial_id)] = TrialRecord(str(trial_id), list(overrides), f"trials/{trial_id}")
+            man.added[str(trial_id)] = list(overrides)
+
+
 def _claim(man: Manifest, event: dict[str, Any]) -> None:
     """A search trial taken again (by its own slot after a requeue, or adopted from a worker that stopped: that
     counts as its worker dying, against max_attempts)."""
@@ -244,7 +256,7 @@ def _settings(man: Manifest, event: dict[str, Any]) -> None:
         man.max_attempts = int(event["max_attempts"])
 
 
-APPLY = {"batch": _batch, "revert": _revert, "ask": _ask, "claim": _claim, "tell": _tell, "search": _search,
+APPLY = {"batch": _batch, "revert": _revert, "add": _add, "ask": _ask, "claim": _claim, "tell": _tell, "search": _search,
          "settings": _settings, "state": lambda man, e: _state(_job(man, str(e["id"])), e)}  # fmt: skip
 
 
@@ -400,7 +412,8 @@ def _snapshot(man: Manifest) -> dict[str, Any]:
 
     search_trials = {t.id: {"overrides": t.overrides, **compact(t)} for t in man.trials.values()} if man.search else {}
     return {"log": man.log, "offset": man.offset, "line": man.line, "search": man.search,
-            "max_attempts": man.max_attempts, "jobs": {t.id: compact(t) for t in man.jobs.values() if t.state != "NEW"},
+            "max_attempts": man.max_attempts, "added": man.added,
+            "jobs": {t.id: compact(t) for t in man.jobs.values() if t.state != "NEW"},
             "search_trials": search_trials}  # fmt: skip
 
 
@@ -412,6 +425,7 @@ def _restore(man: Manifest, snapshot: dict[str, Any]) -> None:
         if snapshot.get("search"):
             _search(man, {"e": "search", **snapshot["search"]})
         man.max_attempts = int(snapshot.get("max_attempts", man.max_attempts))
+        _add(man, {"trials": list(snapshot.get("added", {}).items())})
         for trial_id, data in snapshot["jobs"].items():
             _state(_job(man, trial_id), data)
         for trial_id, data in snapshot.get("search_trials", {}).items():

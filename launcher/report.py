@@ -20,6 +20,7 @@ The same sections as a W&B Report: launcher/wandb_report.py.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import os
@@ -32,6 +33,7 @@ from core.errors import FtlError, did_you_mean
 from core.fileio import write_text_atomic
 from core.tracking import read_jsonl, shown, shown_overrides
 from launcher import manifest as mf
+from launcher import states as st
 
 FAILED = ("FAILED", "PREEMPTED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "LOST",
           "REVOKED", "HELD", "REQUEUE_HOLD", "SPECIAL_EXIT")  # fmt: skip
@@ -253,6 +255,34 @@ def load(sweep_dir: str | Path, metric: str | None = None) -> SweepData:
         t.best, t.best_epoch = best if best else (t.final, None)
     trials.sort(key=lambda t: (_num(t.result.get(metric)) is None, t.final is None, sign * (t.final or 0), t.rec.id))
     return SweepData(sweep_dir, man, metric, mode, trials, list(dict.fromkeys(k for t in trials for k in t.params)))
+
+
+def combine(sweep_dirs: list[str | Path], metric: str | None = None) -> SweepData:
+    """Several sweeps as one (`ftl report A B ...`): every trial, its id and a `sweep` parameter naming where it
+    ran, ranked together on one metric - to compare W&B-group-style across launches, recipes or clusters. The
+    sweeps must share the metric (or --metric names one they all logged) and its direction."""
+    sweeps = [load(d, metric) for d in sweep_dirs]
+    labels = [Path(sw.dir).resolve().name for sw in sweeps]
+    if len(set(labels)) < len(labels):
+        labels = [str(Path(sw.dir)) for sw in sweeps]
+    first = sweeps[0]
+    for sw, label in zip(sweeps[1:], labels[1:]):
+        if (sw.metric, sw.mode) != (first.metric, first.mode):
+            raise FtlError(f"sweep {label} ranks by {sw.metric} ({sw.mode}) and {labels[0]} by {first.metric} "
+                           f"({first.mode}): pass --metric NAME to compare them on one metric")  # fmt: skip
+    trials = []
+    for sw, label in zip(sweeps, labels):
+        for t in sw.trials:
+            t.rec = dataclasses.replace(t.rec, id=f"{label}/{t.rec.id}", run_dir=str((sw.dir / t.rec.run_dir).resolve()))
+            t.params = {"sweep": label, **t.params}
+            trials.append(t)
+    sign = -1 if first.mode == "max" else 1
+    trials.sort(key=lambda t: (_num(t.result.get(first.metric)) is None, t.final is None, sign * (t.final or 0), t.rec.id))
+    root = Path(os.path.commonpath([str(sw.dir.resolve()) for sw in sweeps]))
+    man = dataclasses.replace(first.man, name=" vs ".join(labels), recipe=", ".join(dict.fromkeys(sw.man.recipe for sw in sweeps)),
+                              overrides=[], search=None, trials={t.rec.id: t.rec for t in trials}, dir=root)  # fmt: skip
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    return SweepData(root, man, first.metric, first.mode, trials, params)
 
 
 # ---------------------------------------------------------------- figures (plotly, imported only here)
@@ -612,16 +642,25 @@ def _failures(sw: SweepData, here: Path) -> str:
     for t in (t for t in sw.trials if t.state in FAILED):
         parts.append(f"<h3>{_e(t.rec.id)} {_state(t.state)}</h3><p>overrides: {_e(_overrides(t.rec))}; "
                      f"jobs: {_e(', '.join(t.rec.job_ids) or '-')}</p>")  # fmt: skip
+        if t.rec.cause or t.result.get("error"):
+            again = st.resume_helps(t.state, bool(t.result.get("error")))
+            parts.append(f'<p class="cause">cause: {_e(t.rec.cause or str(t.result["error"]).splitlines()[-1])} - '
+                         + ("a resume continues it" if again else "a resume would repeat it: fix the cause first")
+                         + "</p>")  # fmt: skip
         logs = failure_logs(sw, t.rec)
         parts += [f"<p>last lines of {_link(sw.dir / path, here, path)}:</p><pre>{_e(text)}</pre>"
                   for path, text in logs] or ["<p>no log</p>"]  # fmt: skip
     return "".join(parts) or "<p>No failed, lost, preempted, cancelled or held trial.</p>"
 
 
-def build_report(sweep_dir: str | Path, out: Path | None = None, metric: str | None = None) -> Path:
-    """Write the sweep's self-contained HTML report (default DIR/report.html) atomically; returns its path."""
-    sw = load(sweep_dir, metric)
-    out = Path(out) if out else sw.dir / "report.html"
+def build_report(sweep_dir: str | Path | list, out: Path | None = None, metric: str | None = None) -> Path:
+    """Write the sweep's self-contained HTML report (default DIR/report.html) atomically; returns its path.
+    Several sweep dirs: one report of all their trials (`combine`), by default compare.html beside them."""
+    several = isinstance(sweep_dir, list) and len(sweep_dir) > 1
+    if isinstance(sweep_dir, list) and not several:
+        sweep_dir = sweep_dir[0]
+    sw = combine(sweep_dir, metric) if several else load(sweep_dir, metric)  # type: ignore[arg-type]
+    out = Path(out) if out else sw.dir / ("compare.html" if several else "report.html")
     here, plot = out.parent.resolve(), _Plots()
     none = f"No finished trial with a {sw.metric} yet: nothing to plot." if not sw.done else "No swept hyperparameter."
     curves = [t for t in sw.trials if t.steps or t.epochs]

@@ -1,6 +1,8 @@
 """The training engine on real data and real pretrained weights: transfer beats scratch, resume is exact."""
 
+import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from safetensors.torch import load_file
 from core import config, engine
 from core.errors import FtlError
 from core.tracking import read_jsonl
-from tests.conftest import MOBILENET, lfw_overrides, stop_after
+from tests.conftest import MOBILENET, ftl, lfw_overrides, stop_after
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +36,27 @@ def test_run_dir_contents_and_export_reused_as_pretrained(lfw, tmp_path):
     records = read_jsonl(run / "metrics.jsonl")
     epochs = [r for r in records if "val_top1" in r]
     assert [r["epoch"] for r in epochs] == [1, 2] and all({"val_loss", "val_top5"} <= r.keys() for r in epochs)
+    summary = list(csv.DictReader(open(run / "summary.csv")))  # as timm's train.py writes it: a row per epoch
+    assert [(int(r["epoch"]), float(r["val_top1"])) for r in summary] == [(e["epoch"], e["val_top1"]) for e in epochs]
+    assert {"train_loss", "val_loss", "val_top5", "lr"} <= summary[0].keys() and float(summary[1]["lr"]) >= 0
     assert json.loads((run / "result.json").read_text())["val_top1"] == result["val_top1"]
     meta = json.loads((run / "export" / "model.json").read_text())
     assert meta["classes"] == ["face", "non_face"] and meta["model"] == "test_efficientnet"
     assert len(list((run / "checkpoints").glob("step_*"))) == 2  # keep_checkpoints=2
+
+    # ftl eval: the best export on the validation folder gives the run's own best val_top1, image by image
+    meta = json.loads((run / "export" / "model.json").read_text())
+    ran = ftl("eval", run, f"{lfw}/val", "--out", tmp_path / "preds.csv")
+    assert ran.returncode == 0 and f"top1 {meta['metrics']['best']['val_top1']:.4f}" in ran.stdout, ran.stdout + ran.stderr
+    preds = list(csv.DictReader(open(tmp_path / "preds.csv")))
+    hits = sum(r["label"] == r["predicted"] for r in preds) / len(preds)
+    assert len(preds) == meta["metrics"]["best"]["val_n"] and hits == pytest.approx(meta["metrics"]["best"]["val_top1"])
+    (tmp_path / "other" / "cat").mkdir(parents=True)
+    bad = ftl("eval", run, tmp_path / "other", "--weights", "ema")
+    assert bad.returncode == 2 and "no exported ema.safetensors" in bad.stderr and "it has: best, last" in bad.stderr
+    shutil.copytree(f"{lfw}/val/face", tmp_path / "other" / "cat", dirs_exist_ok=True)
+    bad = ftl("eval", run, tmp_path / "other")
+    assert bad.returncode == 2 and "has classes the model was not trained on: cat" in bad.stderr, bad.stderr
 
     exported = load_file(str(run / "export" / "best.safetensors"))
     again = config.load("base", lfw_overrides(lfw, **{"model.pretrained": run, "train.epochs": 1}))
@@ -76,6 +95,9 @@ def test_resume_mid_epoch_is_bit_exact(lfw, tmp_path, recipe, workers, extra, st
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
     steps = [r["step"] for r in read_jsonl(tmp_path / "part" / "metrics.jsonl") if "lr" in r]
     assert steps == sorted(set(steps))  # no duplicated step records after resume
+    summaries = [[{k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(open(d / "summary.csv"))]
+                 for d in (tmp_path / "part", tmp_path / "full")]  # fmt: skip
+    assert summaries[0] == summaries[1] and len(summaries[0]) == 2  # a resumed run's summary.csv: the same rows
     if extra:
         return
     # Control: the check can fail - another seed ends elsewhere.

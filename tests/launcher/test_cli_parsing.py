@@ -151,4 +151,14 @@ def test_print_config_shows_the_resolved_recipe_and_trains_nothing(tmp_path):
 ])  # fmt: skip
 def test_counts_below_one_are_refused_before_anything_runs(argv):
     proc = ftl(*argv)
-    assert proc.returncode == 2 and "expected a whole number >= 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "expected a whole number >=" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_path_that_cannot_be_written_is_one_line(tmp_path):
+    """`ftl report --out` under a file (and any path the OS refuses) was a traceback: one line naming it."""
+    from tests.launcher.test_report import fake_sweep
+
+    sweep = fake_sweep(tmp_path / "sw")
+    (tmp_path / "file").write_text("x")
+    one_line_error(ftl("report", sweep, "--out", tmp_path / "file" / "r.html"), r"/file\S*: (File exists|Not a dir)")
+    assert not list(tmp_path.glob("file*/**/*.html"))

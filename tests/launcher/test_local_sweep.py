@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from launcher import manifest as mf
-from tests.conftest import run_ftl, wait_for
+from tests.conftest import ftl, run_ftl, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,8 @@ def test_local_sweep_with_a_failing_trial(lfw, tmp_path):
     assert "1 of 3 trials did not complete" in done.stdout and "ftl resume" in done.stdout
     # the broken images fail again on resume: wait says so, with the cause, instead of "needs ftl resume"
     assert "1 failed for a reason of their own that a resume would repeat" in done.stdout, done.stdout
-    assert "trials need `ftl resume" not in done.stdout and "t0002: " in done.stdout, done.stdout
+    (failed,) = [t.id for t in mf.read(out).trials.values() if t.state == "FAILED"]
+    assert "trials need `ftl resume" not in done.stdout and f"({failed}: data.val_dir=" in done.stdout, done.stdout
     assert "2 completed, 1 failed" in done.stderr  # progress lines without a terminal, one per change
     man = mf.read(out)
     states = sorted(t.state for t in man.trials.values())
@@ -57,6 +58,24 @@ def test_local_sweep_with_a_failing_trial(lfw, tmp_path):
     assert best is not None and "best trial" in done.stdout and 0 <= best.result["val_top1"] <= 1
     status = run_ftl("status", out)
     assert status.returncode == 0 and "2 completed, 1 failed" in status.stdout
+
+    # grow it in place: one more value; the finished trials are not run again, the new one (and the failed) are
+    before = {t.id: (t.attempt, t.job_ids) for t in mf.read(out).trials.values() if t.state == "COMPLETED"}
+    spec["zip"] = {"data.train_dir": [*spec["zip"]["data.train_dir"], f"{lfw}/train"],
+                   "optim.lr": [*spec["zip"]["optim.lr"], 2e-3]}  # fmt: skip
+    path = sweep_file(tmp_path, lfw, **spec)
+    grown = run_ftl("sweep", path, "--cluster", cluster_file(tmp_path), "--out", out)
+    assert grown.returncode == 0, grown.stderr
+    assert "1 new trials added (3 of the file's 4 were there already)" in grown.stdout, grown.stdout
+    assert run_ftl("wait", out, "--poll", "1", timeout=600).returncode == 1  # the broken images fail again
+    man = mf.read(out)
+    assert len(man.trials) == 4 and sorted(t.state for t in man.trials.values()) == ["COMPLETED"] * 3 + ["FAILED"]
+    assert {t.id: (t.attempt, t.job_ids) for t in man.trials.values() if t.id in before} == before
+    other = yaml.safe_load(path.read_text())
+    other["overrides"].append("train.epochs=3")  # every trial would differ from those run: not the same grid
+    path.write_text(yaml.safe_dump(other))
+    refused = ftl("sweep", path, "--cluster", cluster_file(tmp_path), "--out", out)
+    assert refused.returncode == 2 and "holds a grid with another" in refused.stderr, refused.stderr
 
 
 def test_early_stopping_prunes_a_bad_trial(lfw, tmp_path):

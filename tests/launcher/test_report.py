@@ -19,7 +19,7 @@ import yaml
 from core.errors import FtlError
 from launcher import manifest as mf
 from launcher import report, wandb_report
-from tests.conftest import run_ftl, write_sweep_dir
+from tests.conftest import ftl, run_ftl, write_sweep_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic V1 style:DeprecationWarning")  # from wandb-workspaces
 PLOTS = ("curves", "params", "parallel")
@@ -67,6 +67,8 @@ def fake_sweep(tmp_path, name="t", executor="local", ran=True, specs=None, clust
     if ran and "d4" in trials:
         log = "".join(f"line {i}\n" for i in range(50)) + "boom: <bad> & worse\n"
         (tmp_path / "trials/d4/train.log").write_text(log)
+        error = {"status": "failed", "error": "Traceback (most recent call last):\nValueError: bad <image>"}
+        (tmp_path / "trials/d4/result.json").write_text(json.dumps(error))
     return tmp_path
 
 
@@ -117,6 +119,7 @@ def test_report_of_a_hand_written_sweep(tmp_path):
     diff = re.findall(r"<tr><td><code>(.*?)</code></td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", found["best"])
     assert diff == [("optim.lr", "0.01", "0.001", "trial")] and "1 keys differ" in found["best"]
     assert "d4" in found["failures"] and "e5" not in found["failures"]
+    assert "cause: ValueError: bad &lt;image&gt; - a resume would repeat it: fix the cause first" in found["failures"]
     assert '<a href="trials/d4/train.log">trials/d4/train.log</a>' in found["failures"]
     assert "boom: &lt;bad&gt; &amp; worse" in found["failures"] and "line 21\n" in found["failures"]
     assert "line 20\n" not in found["failures"]  # the last 30 lines only
@@ -437,3 +440,20 @@ def test_report_of_a_real_sweep_in_chromium(sweep_dir, tmp_path):
     assert out["sorted"] == [[sw.metric, "ascending", [t.rec.id for t in [*sw.done[::-1], sw.trials[-1]]]]]
     assert out["filtered"] == [[sw.trials[-1].rec.id], "1"] and sw.trials[-1].state in report.FAILED
     assert out["plots"]["curves"]["traces"] == 8 and len(out["plots"]["curves"]["legend"]) == 2
+
+
+def test_several_sweeps_in_one_report(tmp_path):
+    """`ftl report A B`: every trial of both, ids and a `sweep` column saying where each ran, ranked together."""
+    a = fake_sweep(tmp_path / "a")
+    b = fake_sweep(tmp_path / "b", name="u", specs=[("a1", 1e-3, "resnet", [0.5, 0.95]), ("b2", 1e-2, "vit", [0.1])])
+    page = report.build_report([a, b]).read_text()  # beside them: tmp_path/compare.html
+    found = sections(page)
+    ids = re.findall(r"<tr[^>]*><td>([\w/]+)</td>", found["table"])
+    assert ids[:3] == ["b/a1", "a/b2", "a/c3"] and len(ids) == 5 + 3  # 0.95 first, across the two sweeps
+    assert "<th>sweep</th>" in found["table"]
+    assert '<a href="a/trials/d4/train.log">a/trials/d4/train.log</a>' in found["failures"]  # relative, as before
+    assert "Sweep a vs b" in page and figure(page, "plot-params")
+    ran = ftl("report", a, b, "--out", tmp_path / "c.html")
+    assert ran.returncode == 0 and "report of 2 sweeps written to" in ran.stdout and (tmp_path / "c.html").is_file()
+    refused = ftl("report", a, b, "--wandb")
+    assert refused.returncode == 2 and "take one sweep dir" in refused.stderr
