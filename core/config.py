@@ -218,8 +218,13 @@ def _check_keys(values: dict[str, Any], source: str) -> None:
             raise FtlError(f"{source}: unknown key '{key}'{did_you_mean(key, valid)}")
 
 
-def resolve_recipe(recipe: str | Path) -> Path:
-    """A recipe name (jobs/recipes/NAME.yaml) or a path to a YAML file."""
+def resolve_recipe(recipe: str | Path, beside: Path | None = None) -> Path:
+    """A recipe name (jobs/recipes/NAME.yaml) or a path to a YAML file. `beside`: the folder of the recipe whose
+    `base:` this is - a base next to it (as written, or NAME.yaml) is found first, from any working directory."""
+    if beside is not None and not Path(recipe).is_absolute():
+        for candidate in (beside / recipe, beside / f"{recipe}.yaml"):
+            if candidate.is_file():
+                return candidate
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -274,7 +279,7 @@ def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     _check_keys(data, str(path))
     if base is None:
         return data
-    base_path = resolve_recipe(base)
+    base_path = resolve_recipe(base, beside=path.parent)
     if base_path.resolve() in seen:
         raise FtlError(f"{path}: recipe 'base: {base}' makes a cycle")
     merged = OmegaConf.merge(read_recipe(base_path, (*seen, path.resolve())), data)

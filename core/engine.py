@@ -44,7 +44,7 @@ from core.models import build_model, count_params, data_config, freeze, recomput
 from core.optim import PhasedSchedule, create_optimizer, param_group_table
 from core.progress import RunProgress
 from core.run_dir import plan_run
-from core.tracking import JsonlLogger, truncate_after, write_summary
+from core.tracking import JsonlLogger, check_login, truncate_after, write_summary
 
 COMPILE_MIN_UPDATES = 500  # model.compile=auto compiles (on CUDA) runs of at least this many optimizer updates
 CACHE_MAX_BYTES = 2 * 2**30  # data.cache=auto keeps decoded images in RAM up to this size
@@ -291,6 +291,8 @@ def fit(cfg: DictConfig, run_dir: str | Path | None = None, should_stop: Callabl
     except BaseException as e:  # W&B shows how the run ended, not a clean finish (a fenced process writes nothing)
         if getattr(run, "wandb", None) is not None and not isinstance(e, LeaseLost):
             run.wandb.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        if isinstance(e, KeyboardInterrupt) and getattr(run, "run_dir", None) is not None:
+            e.run_dir = run.run_dir  # type: ignore[attr-defined] - where a caller can say how to continue
         raise
     finally:
         run.cleanup()
@@ -333,6 +335,8 @@ class FineTune:
         from timm.utils import ModelEmaV3
 
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
+        if cfg.tracking.wandb and self.main:
+            check_login()  # before the run dir exists
         with self.timed("build"):
             self.build()  # every user-fixable problem surfaces here or in plan_run, before anything is written
         self.plan = broadcast_object_list([plan_run(cfg.resume, run_dir, cfg.name, t.output_dir) if self.main else None])[0]

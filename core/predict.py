@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from core.errors import FtlError
 from core.fileio import write_text_atomic
 
-WEIGHTS = ("best", "last", "ema")
-
 
 def find_export(run_dir: str | Path, weights: str) -> tuple[Path, dict[str, Any]]:
     """(weights file, model.json) of a run dir, its export dir, or an exported .safetensors."""
@@ -34,8 +32,9 @@ def find_export(run_dir: str | Path, weights: str) -> tuple[Path, dict[str, Any]
                        "with --weights" if have else "not a finished ftl run dir or its export/") + ")")  # fmt: skip
     try:
         meta = json.loads(sidecar.read_text())
-        meta["classes"], meta["model"]  # noqa: B018 - what every export has
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(meta.get("classes"), list) or not meta.get("model"):  # what every export has
+            raise ValueError
+    except (ValueError, AttributeError):
         raise FtlError(f"{sidecar} is damaged (not the model.json ftl writes): export the run again") from None
     return file, meta
 

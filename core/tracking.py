@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def shown(value: Any) -> str:
         number = float(text)
     except ValueError:
         return text
-    if text.strip().lstrip("+-").isdigit() or number != number or number in (float("inf"), float("-inf")):
+    if text.strip().lstrip("+-").isdigit() or not math.isfinite(number):
         return text
     return f"{number:.4g}"
 
@@ -152,11 +153,7 @@ class WandbTracker:
 
         import wandb
 
-        if os.environ.get("WANDB_MODE", "offline") == "online" and not has_credentials():
-            from core.errors import FtlError
-
-            raise FtlError("WANDB_MODE=online but no W&B API key (WANDB_API_KEY or `wandb login`); "
-                           "set WANDB_MODE=offline and `ftl sync` later")  # fmt: skip
+        check_login()
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
         run_id = run_id or hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
@@ -204,6 +201,18 @@ class WandbTracker:
                 self.run.tags = tuple(dict.fromkeys([*self.run.tags, tag]))
         run, self.run = self.run, None
         run.finish(exit_code=1 if status == "failed" else 0)
+
+
+def check_login() -> None:
+    """WANDB_MODE=online without an API key would stop at a login prompt: one line instead. A run checks this
+    before it writes anything (core/engine.py), so a second try is not refused for an existing run dir."""
+    import os
+
+    if os.environ.get("WANDB_MODE", "offline") == "online" and not has_credentials():
+        from core.errors import FtlError
+
+        raise FtlError("WANDB_MODE=online but no W&B API key (WANDB_API_KEY or `wandb login`); "
+                       "set WANDB_MODE=offline and `ftl sync` later")  # fmt: skip
 
 
 def has_credentials(base_url: str | None = None) -> bool:

@@ -37,11 +37,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     job = FineTuneJob(None, [], args.run_dir, config=config.to_dict(cfg), stop_signals=(signal.SIGUSR2, signal.SIGTERM, signal.SIGINT),
                       resume_existing=False)  # fmt: skip
-    result = job()
+    try:
+        result = job()
+    except KeyboardInterrupt as e:  # a second Ctrl-C: stopped at once, the last checkpoint (if any) stays
+        if getattr(e, "run_dir", None) is not None and list(Path(e.run_dir).glob("checkpoints/step_*")):
+            print(f"ftl: stopped at once; continue from its last checkpoint with: ftl train resume={e.run_dir}")
+        raise
     if result["status"] != "completed":
         print(f"ftl: run {result['status']} at step {result['global_step']}: {result['run_dir']}")
         if result["status"] == "interrupted":
             print(f"ftl: continue it with: ftl train resume={result['run_dir']}")
+            return 128 + (result.get("stop_signal") or signal.SIGINT)  # 130 after Ctrl-C, as a shell expects
         return 1
     rank = os.environ.get("RANK")
     prefix = f"ftl: rank {rank}: " if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1" else "ftl: "
@@ -328,8 +334,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from launcher import states as st
     from core.tracking import shown_overrides
+    from launcher import states as st
     from launcher.control import budget_shortfall, progress_line
 
     args.sweep_dir = newest_sweep(args.sweep_dir)
@@ -365,9 +371,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from launcher.control import refresh
-
     from core.errors import FtlError
+    from launcher.control import refresh
 
     dirs = args.sweep_dir or [newest_sweep(None)]
     for sweep_dir in dirs:

@@ -216,11 +216,14 @@ def _read_holds(queue: str, found: dict[str, str]) -> None:
 
 
 def slurm_message(error: Exception) -> str:
-    """SLURM's own words: its 'sbatch: error/fatal:' lines, joined."""
+    """SLURM's own words: its 'sbatch: error/fatal:' lines (else any 'sbatch: ...' line, e.g. "unrecognized
+    option"), joined - never its closing 'Try "sbatch --help"'."""
     text = str(error)
     lines = [m.strip() for m in re.findall(r"sbatch: (?:error|fatal): (.*)", text)]
+    lines = lines or [m.strip() for m in re.findall(r"sbatch: (.*)", text)]
     if lines:
         return "; ".join(dict.fromkeys(lines))
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(("Command", "$"))]
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith(("Command", "$", "Try "))]  # fmt: skip
     return lines[-1] if lines else type(error).__name__
 

@@ -12,10 +12,12 @@ placeholder; afterwards the conversion fails naming the file, or (`skip_bad`) wr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing.shared_memory
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -197,6 +199,7 @@ def convert(
     out = Path(out).expanduser()
     if out.suffix != ".beton":
         raise FtlError(f"--out {out}: the file name must end in .beton")
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # removed again if the convert fails
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -213,7 +216,8 @@ def convert(
     data = _Images(samples)
     started = time.perf_counter()
     try:
-        DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=workers).from_indexed_dataset(data, chunksize=64)
+        with _progress_only_on_a_terminal():
+            DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=workers).from_indexed_dataset(data, chunksize=64)
         bad = np.flatnonzero(data.bad).tolist()
         bad_paths = [str(samples[i][0]) for i in bad]
         if bad and not skip_bad:
@@ -223,8 +227,9 @@ def convert(
         if bad:  # write again without them (rare path: costs a second pass)
             if not keep:
                 raise FtlError(f"{src}: none of the {len(samples)} images could be read (first: {bad_paths[0]})")
-            DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=workers).from_indexed_dataset(
-                data, indices=np.array(keep), chunksize=64)  # fmt: skip
+            with _progress_only_on_a_terminal():
+                DatasetWriter(str(tmp), fields, page_size=page_size, num_workers=workers).from_indexed_dataset(
+                    data, indices=np.array(keep), chunksize=64)  # fmt: skip
         source_hash = hashlib.sha256(data.digests[keep].tobytes() + json.dumps(
             [samples[i][1] for i in keep]).encode()).hexdigest()  # fmt: skip
         with open(tmp, "rb") as f:
@@ -241,10 +246,27 @@ def convert(
         write_json_atomic(sidecar_path(out), meta)
         os.replace(tmp, out)
         meta["path"] = str(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for folder in made:  # nothing half-written left behind: the folders this convert created, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         tmp.unlink(missing_ok=True)
         data.close()
     return meta
+
+
+@contextlib.contextmanager
+def _progress_only_on_a_terminal():
+    """FFCV's writer draws a tqdm bar on stderr: in a log file (a SLURM job, `> log`) it is hundreds of lines of
+    carriage returns. Without a terminal its stderr goes nowhere (errors still arrive, as exceptions)."""
+    if sys.stderr.isatty():
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        yield
 
 
 @dataclass

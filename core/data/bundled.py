@@ -93,7 +93,11 @@ def prepare(
         stored = json.loads(marker.read_text()).get("request", {}) if marker.is_file() else None
         if stored is not None and {**dict.fromkeys(meta), **stored} == meta:  # options added later default to None
             return out
-        raise FtlError(f"{out} already exists and is not this dataset; choose another --out or remove it")
+        if stored is None:
+            raise FtlError(f"{out} already exists and was not written by `ftl data prepare`; choose another --out")
+        differ = [f"{k} {stored.get(k)} there, {v} asked" for k, v in meta.items() if stored.get(k) != v]
+        raise FtlError(f"{out} already holds {stored.get('name')} prepared with other options ({'; '.join(differ)}): "
+                       "choose another --out (or remove it to prepare it again)")  # fmt: skip
     loader, names = DATASETS[name]
     if classes is not None and not all(0 <= c < len(names) for c in classes):
         raise FtlError(f"--classes {list(classes)}: {name} has classes 0-{len(names) - 1}")

@@ -26,6 +26,18 @@ def test_base_recipe_inheritance(tmp_path):
     assert cfg.train.epochs == 9 and cfg.name == "demo-fmnist" and cfg.data.image_size == 64
 
 
+def test_a_base_is_found_next_to_its_recipe_from_any_directory(tmp_path, monkeypatch):
+    """`base: parent.yaml` (or `base: parent`) beside the recipe: it was looked up in the working directory only."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "parent.yaml").write_text("base: demo\ntrain:\n  epochs: 4\n")
+    (tmp_path / "mine" / "child.yaml").write_text("base: parent.yaml\noptim:\n  lr: 0.002\n")
+    (tmp_path / "mine" / "bare.yaml").write_text("base: parent\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(tmp_path / "mine" / "child.yaml")
+    assert cfg.train.epochs == 4 and cfg.optim.lr == 0.002 and cfg.name == "demo-fmnist"
+    assert config.load("mine/bare.yaml").train.epochs == 4
+
+
 def test_unknown_key_suggests_closest():
     with pytest.raises(FtlError, match=r"unknown key 'optim.learning_rat'|unknown key 'optim.lrr'.*optim.lr"):
         config.load("base", ["optim.lrr=1"])

@@ -29,8 +29,12 @@ def test_fashion_mnist_first_images_in_official_order(tmp_path):
 
 def test_prepare_is_idempotent_and_refuses_foreign_dir(tmp_path, lfw):
     assert bundled.prepare("lfw-subset", lfw, per_class=20) == lfw
-    with pytest.raises(FtlError, match="already exists and is not this dataset"):
+    with pytest.raises(FtlError, match=r"already holds lfw-subset prepared with other options \(per_class 20 there, "
+                                       r"10 asked\): choose another --out"):  # fmt: skip
         bundled.prepare("lfw-subset", lfw, per_class=10)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FtlError, match="already exists and was not written by `ftl data prepare`"):
+        bundled.prepare("lfw-subset", tmp_path / "mine")
     with pytest.raises(FtlError, match="unknown dataset 'lfw'.*lfw-subset"):
         bundled.prepare("lfw", tmp_path / "x")
     assert not (tmp_path / "x").exists()

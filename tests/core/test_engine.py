@@ -36,7 +36,7 @@ def test_run_dir_contents_and_export_reused_as_pretrained(lfw, tmp_path):
     records = read_jsonl(run / "metrics.jsonl")
     epochs = [r for r in records if "val_top1" in r]
     assert [r["epoch"] for r in epochs] == [1, 2] and all({"val_loss", "val_top5"} <= r.keys() for r in epochs)
-    summary = list(csv.DictReader(open(run / "summary.csv")))  # as timm's train.py writes it: a row per epoch
+    summary = list(csv.DictReader((run / "summary.csv").read_text().splitlines()))  # timm's: a row per epoch
     assert [(int(r["epoch"]), float(r["val_top1"])) for r in summary] == [(e["epoch"], e["val_top1"]) for e in epochs]
     assert {"train_loss", "val_loss", "val_top5", "lr"} <= summary[0].keys() and float(summary[1]["lr"]) >= 0
     assert json.loads((run / "result.json").read_text())["val_top1"] == result["val_top1"]
@@ -48,7 +48,7 @@ def test_run_dir_contents_and_export_reused_as_pretrained(lfw, tmp_path):
     meta = json.loads((run / "export" / "model.json").read_text())
     ran = ftl("eval", run, f"{lfw}/val", "--out", tmp_path / "preds.csv")
     assert ran.returncode == 0 and f"top1 {meta['metrics']['best']['val_top1']:.4f}" in ran.stdout, ran.stdout + ran.stderr
-    preds = list(csv.DictReader(open(tmp_path / "preds.csv")))
+    preds = list(csv.DictReader((tmp_path / "preds.csv").read_text().splitlines()))
     hits = sum(r["label"] == r["predicted"] for r in preds) / len(preds)
     assert len(preds) == meta["metrics"]["best"]["val_n"] and hits == pytest.approx(meta["metrics"]["best"]["val_top1"])
     (tmp_path / "other" / "cat").mkdir(parents=True)
@@ -95,7 +95,7 @@ def test_resume_mid_epoch_is_bit_exact(lfw, tmp_path, recipe, workers, extra, st
     assert resumed["val_top1"] == full["val_top1"] and resumed["global_step"] == full["global_step"]
     steps = [r["step"] for r in read_jsonl(tmp_path / "part" / "metrics.jsonl") if "lr" in r]
     assert steps == sorted(set(steps))  # no duplicated step records after resume
-    summaries = [[{k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader(open(d / "summary.csv"))]
+    summaries = [[{k: v for k, v in row.items() if k != "epoch_time_s"} for row in csv.DictReader((d / "summary.csv").read_text().splitlines())]
                  for d in (tmp_path / "part", tmp_path / "full")]  # fmt: skip
     assert summaries[0] == summaries[1] and len(summaries[0]) == 2  # a resumed run's summary.csv: the same rows
     if extra:

@@ -67,6 +67,7 @@ def test_convert_round_trip_raw_pixels_labels_sidecar(lfw, tmp_path):
     out = tmp_path / "train.beton"
     proc = ftl("data", "convert", lfw / "train", "--out", out, "--mode", "raw")
     assert proc.returncode == 0, proc.stderr
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr  # no progress bar without a terminal (a log)
     images, labels = read_raw(out)
     folder = sorted((lfw / "train").glob("*/*.png"))  # ImageFolder order: class folders, then file names
     assert len(images) == len(folder) == 40
@@ -94,9 +95,11 @@ def test_corrupt_image_named_or_skipped(lfw, tmp_path):
     bad = sorted((src / "non_face").glob("*.png"))[3]
     bad.write_bytes(bad.read_bytes()[:60])  # truncated
     out = tmp_path / "x.beton"
-    proc = ftl("data", "convert", src, "--out", out)
+    proc = ftl("data", "convert", src, "--out", tmp_path / "new" / "dirs" / "x.beton")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"cannot read image {bad}" in proc.stderr and "--skip-bad" in proc.stderr
+    assert not (tmp_path / "new").exists()  # the folders it made for its output are gone again
+    proc = ftl("data", "convert", src, "--out", out)
     assert not out.exists() and not Path(f"{out}.json").exists() and not list(tmp_path.glob(".x.beton*"))
     proc = ftl("data", "convert", src, "--out", out, "--skip-bad")
     assert proc.returncode == 0 and "skipped 1 unreadable" in proc.stdout

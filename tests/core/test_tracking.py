@@ -4,6 +4,7 @@ run ended (summary, tags, exit code), names cut to W&B's limits. The run-file re
 same records as wandb's own reader, a file still being written, a damaged one."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from core import config, engine
+from core.errors import FtlError
 from core.tracking import NAME_LIMIT, TAG_LIMIT, WandbTracker
 from tests.conftest import lfw_overrides
 from tests.wandb_files import CorruptRunFile, read_offline_run, records
@@ -217,3 +219,18 @@ def test_read_offline_run_waits_for_the_end_of_the_run(run_file, tmp_path):
     target.write_bytes(data[: len(data) // 2])
     with pytest.raises(TimeoutError, match="no exit record after 1 s"):
         read_offline_run(run_dir, timeout=1)
+
+
+def test_online_without_a_key_is_refused_before_the_run_dir_exists(lfw, tmp_path, monkeypatch):
+    """The refusal came after the run dir was written, so the same command, once logged in, was refused too."""
+    for var in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    cfg = config.load("base", lfw_overrides(lfw, **{"tracking.wandb": "true", "train.epochs": 1}))
+    with pytest.raises(FtlError, match="WANDB_MODE=online but no W&B API key"):
+        engine.fit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert engine.fit(cfg, tmp_path / "run")["status"] == "completed"  # the same run dir, once the cause is fixed

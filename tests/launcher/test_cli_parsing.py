@@ -85,10 +85,23 @@ def test_ctrl_c_in_train_checkpoints_and_prints_the_resume_command(lfw, tmp_path
         time.sleep(0.3)
     proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
     out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 1 and "Traceback" not in err, err[-2000:]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]  # 128 + SIGINT, as for a second Ctrl-C
     assert f"continue it with: ftl train resume={run}" in out, out[-2000:]
     assert "saving a checkpoint at the next update" in err
     assert list((run / "checkpoints").glob("step_*/trainer.json"))
+    # resumed, then Ctrl-C twice: stopped at once, exit 130 again, and still told how to continue
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", f"resume={run}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    start = (run / "progress.json").stat().st_mtime
+    while time.time() < deadline + 180 and (run / "progress.json").stat().st_mtime == start:
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # the second while the first is still asking for a checkpoint
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert f"ftl train resume={run}" in out, out[-2000:]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message of a machine without CUDA")

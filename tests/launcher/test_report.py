@@ -313,7 +313,7 @@ def probe(page, tmp_path, sort: list[str], filter: str) -> dict:
     out = json.loads(html.unescape(found[1]))
     assert out["errors"] == [] and all(not u.startswith(("http:", "https:")) for u in out["fetched"] + out["links"])
     assert all(u.startswith("file:") for u in out["fetched"]), out["fetched"]
-    for sid, plot in out["plots"].items():  # each figure drawn, every label rounded
+    for plot in out["plots"].values():  # each figure drawn, every label rounded
         assert plot["svgs"] >= 2 and plot["texts"] and not long_numbers(" ".join(plot["texts"]))
     return out
 
@@ -366,7 +366,7 @@ def test_a_10000_trial_report_is_small_and_shows_a_page_of_rows_at_a_time(tmp_pa
     assert page.stat().st_size <= 15e6, page.stat().st_size
     out = probe(page, tmp_path, ["val_top1"], "t09999")
     assert out["more"] == [200, 400] and set(out["plots"]) == {"params", "parallel"}
-    (name, order, ids), = out["sorted"]
+    ((_, _, ids),) = out["sorted"]
     assert len(ids) == 200 and ids[0] in {f"t{i:05d}" for i in range(0, 10_000, 1000)}  # the value 0.0
     assert out["filtered"] == [["t09999"], "1"]
     assert out["plots"]["params"]["points"] >= 1000

@@ -116,6 +116,10 @@ def test_unknown_partition_and_sbatch_errors_submit_nothing(slurm, lfw, tmp_path
                    "--out", tmp_path / "b")  # fmt: skip
     assert proc.returncode == 2 and "sbatch failed: Batch job submission failed" in proc.stderr
     assert not (tmp_path / "b").exists() and "Traceback" not in proc.stderr
+    proc = ftl("sweep", path, "--cluster", write_cluster(tmp_path, additional_parameters={"bogus-opt": "1"}),
+               "--out", tmp_path / "c")  # fmt: skip
+    assert proc.returncode == 2 and "sbatch failed: unrecognized option '--bogus-opt=1'" in proc.stderr, proc.stderr
+    assert "Try" not in proc.stderr and not (tmp_path / "c").exists()  # SLURM's reason, not its closing line
 
 
 def test_sweep_over_max_array_size_is_split(slurm, lfw, tmp_path):
