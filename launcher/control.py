@@ -83,6 +83,7 @@ def submit_sweep(sweep_file: str, cluster_name: str | None, out: str | None, ove
         raise FtlError(f"sweep dir {sweep_dir} already exists; continue it with `ftl resume {sweep_dir}` or pick --out")
     executor = create_executor(cluster, sweep_dir)
     executor.limits()  # the cluster answers (partition exists, limits readable) before the dir is written
+    executor.check_request()  # and could run a trial as configured (SLURM: sbatch --test-only)
     resolved = config_lib.read_recipe(config_lib.resolve_recipe(sweep.recipe))
     folder = "workers" if sweep.search else "trials"
     trials = {t.id: mf.TrialRecord(t.id, t.overrides, f"{folder}/{t.id}") for t in sweep.trials}

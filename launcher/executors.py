@@ -130,6 +130,9 @@ class Executor(ABC):
         """(trials per batch, trials that may be queued now, why fewer than asked for)."""
         return 1_000_000, 1_000_000, ""
 
+    def check_request(self) -> None:
+        """FtlError when the cluster could never run one trial as configured (checked before a sweep is written)."""
+
     @abstractmethod
     def _submit_batch(self, specs: list[TrialSpec], job_name: str) -> list[str]:
         """Queue one batch under `job_name`; the job ids in the order of specs. FtlError when refused."""

@@ -75,6 +75,7 @@ class Runner:
         self.max_requeues = cluster.max_num_timeout
         self.running: dict[str, Child] = {}  # by job id: at most one child per job
         self.started: set[tuple[str, int]] = set()  # (job, attempt) this runner (or its local_job.json) started
+        self.unstarted: set[tuple[str, int]] = set()  # (job, attempt) whose run dir said: not started yet
         self.adopt_orphans()
 
     def run_dir(self, trial_id: str) -> Path:
@@ -147,9 +148,11 @@ class Runner:
         for r in self.man.jobs.values():
             if r.state != "PENDING" or r.cancelled or r.job_id != job_id(r.id, r.attempt) or (r.id, r.attempt) in self.started:
                 continue
-            if read_local_job(self.sweep_dir / r.run_dir).get("attempt", 0) >= r.attempt:
-                self.started.add((r.id, r.attempt))  # started already (another runner, or a run that ended)
-                continue
+            if (r.id, r.attempt) not in self.unstarted:  # its run dir read once: only this runner starts it now
+                if read_local_job(self.sweep_dir / r.run_dir).get("attempt", 0) >= r.attempt:
+                    self.started.add((r.id, r.attempt))  # started already (another runner, or a run that ended)
+                    continue
+                self.unstarted.add((r.id, r.attempt))
             out.append(r)
         return out
 

@@ -358,11 +358,14 @@ def _curves_figure(sw: SweepData) -> Any:
         for n, (key, x) in enumerate(panels):
             if points := series[t.rec.id, key, x]:
                 xs, ys = zip(*points)
+                pruned = t.state == "PRUNED"  # its last epoch marked with an x: where early stopping ended it
+                marker = {"size": 6, "symbol": ["circle"] * (len(xs) - 1) + ["x-thin-open" if pruned else "circle"],
+                          "line": {"width": 2, "color": colors[i % len(colors)]}}  # fmt: skip
                 fig.add_trace(go.Scatter(
-                    x=xs, y=ys, mode="lines+markers" if x == "epoch" else "lines", marker={"size": 6},
-                    name=_label(t, sw) + " ★" * (t is best), legendgroup=t.rec.id, showlegend=not in_legend,
-                    line={"color": colors[i % len(colors)], "width": 3.5 if t is best else 1.6,
-                          "dash": "dash" if t.state in FAILED else "solid"},
+                    x=xs, y=ys, mode="lines+markers" if x == "epoch" else "lines", marker=marker,
+                    name=_label(t, sw) + " ★" * (t is best) + " (pruned)" * pruned, legendgroup=t.rec.id,
+                    showlegend=not in_legend, line={"color": colors[i % len(colors)], "width": 3.5 if t is best else 1.6,
+                                                     "dash": "dash" if t.state in FAILED else "dot" if pruned else "solid"},
                     hovertemplate=f"%{{fullData.name}}<br>{x} %{{x}}<br>{_pe(key)} %{{y:.4~g}}<extra></extra>"),
                     row=n // cols + 1, col=n % cols + 1)  # fmt: skip
                 in_legend = True
@@ -527,8 +530,9 @@ def _summary(sw: SweepData) -> str:
     body = _dl([("sweep", man.name), ("recipe", man.recipe), ("metric", f"{sw.metric} ({sw.mode})"),
                 ("created", man.created), ("sweep dir", sw.dir.resolve()), ("cluster", cluster),
                 ("compute", compute if seconds else "-"),
-                ("best trial", f"{best.rec.id}: {sw.metric} {_fmt(best.final)} (best epoch {_fmt(best.best)})"
-                 if best else "-")])  # fmt: skip
+                ("best trial", f"{best.rec.id}: {sw.metric} {_fmt(best.final)}" + (
+                    f" (its best epoch: {_fmt(best.best)} at epoch {best.best_epoch})"
+                    if best.best_epoch is not None else "") if best else "-")])  # fmt: skip
     states = "".join(_state(s, f"{n} ") for s, n in _counts(sw))
     body = body.replace("</dl>", f"<dt>trials</dt><dd>{len(sw.trials)}: {states}</dd></dl>")
     if not best:

@@ -76,6 +76,23 @@ class SlurmExecutor(Executor):
         why = f"MaxJobCount={max_jobs} and every array task counts as a job"
         return max(1, max_array), max_jobs - queued_jobs(), why  # array indices run 0..MaxArraySize-1
 
+    def check_request(self) -> None:
+        """`sbatch --test-only` of one trial's own job script (submitit writes it; nothing is queued): a request the
+        cluster can never satisfy - more nodes or GPUs than the partition has, an account or QOS it does not know -
+        is refused now instead of pending forever."""
+        import tempfile
+
+        text = self._submitit(1, "ftl-test-only")._make_submission_file_text("true", "test-only")  # submitit's own
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="ftl-test-only-") as script:
+            script.write(text)
+            script.flush()
+            proc = _run(["sbatch", "--test-only", script.name])
+        if proc.returncode != 0:
+            reason = slurm_message(RuntimeError(proc.stderr or proc.stdout))
+            raise FtlError(f"cluster {self.cluster.name}: SLURM would never start a trial as configured "
+                           f"(nodes {self.cluster.nodes}, gpus_per_node {self.cluster.gpus_per_node}, partition "
+                           f"{self.cluster.partition}): {reason}; change the cluster config")  # fmt: skip
+
     def _submitit(self, array_size: int, job_name: str):
         import submitit
 

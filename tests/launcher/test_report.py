@@ -196,7 +196,7 @@ def test_sweep_with_no_finished_trial(tmp_path):
 def test_one_finished_trial_has_sane_axes(tmp_path):
     fake_sweep(tmp_path, specs=[("a1", 1e-3, "resnet", [0.5, 0.7])])
     page = report.build_report(tmp_path).read_text()
-    assert "a1: val_top1 0.7 (best epoch 0.7)" in sections(page)["summary"]
+    assert "a1: val_top1 0.7 (its best epoch: 0.7 at epoch 2)" in sections(page)["summary"]  # was "(best epoch 0.7)"
     (lr, model), layout = figure(page, "plot-params")  # optim.lr 0.001 and model.name resnet: one value each
     assert lr["x"] == [0.001] and lr["y"] == [0.7] and model["x"] == ["resnet"]
     lo, hi = layout["xaxis"]["range"]
@@ -457,3 +457,16 @@ def test_several_sweeps_in_one_report(tmp_path):
     assert ran.returncode == 0 and "report of 2 sweeps written to" in ran.stdout and (tmp_path / "c.html").is_file()
     refused = ftl("report", a, b, "--wandb")
     assert refused.returncode == 2 and "take one sweep dir" in refused.stderr
+
+
+def test_a_pruned_trial_is_marked_in_the_curves(tmp_path):
+    """A trial stopped by early stopping was a single unmarked dot: dotted, an x at its last epoch, (pruned)."""
+    sw = report.load(fake_sweep(tmp_path))
+    (pruned,) = [t for t in sw.trials if t.rec.id == "a1"]
+    pruned.state = "PRUNED"
+    fig = report._curves_figure(sw)
+    traces = [tr for tr in fig.data if tr.legendgroup == "a1" and tr.mode == "lines+markers"]
+    assert traces and all(tr.line.dash == "dot" and tr.marker.symbol[-1] == "x-thin-open" for tr in traces)
+    assert any(tr.name.endswith("(pruned)") for tr in fig.data if tr.legendgroup == "a1")
+    others = [tr for tr in fig.data if tr.legendgroup == "b2" and tr.mode == "lines+markers"]
+    assert all(tr.line.dash == "solid" and "x-thin-open" not in tr.marker.symbol for tr in others)

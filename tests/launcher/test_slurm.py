@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from launcher import manifest as mf
-from tests.conftest import REPO, SLURM_GROUP, TINY, ftl, wait_for
+from tests.conftest import REPO, SLURM_GROUP, TINY, _queue, ftl, wait_for
 from tests.launcher.test_local_sweep import broken_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, SLURM_GROUP]
@@ -109,17 +109,21 @@ def test_resume_after_cancel(slurm, lfw, tmp_path):
 
 
 def test_unknown_partition_and_sbatch_errors_submit_nothing(slurm, lfw, tmp_path):
+    """What SLURM refuses, or could never run (sbatch --test-only of the trials' own script), is one line with
+    SLURM's own reason - not 'Try sbatch --help', not a job pending forever - and nothing is written or queued."""
     path = write_sweep(tmp_path, lfw, grid={"optim.lr": [1e-3]})
     proc = ftl("sweep", path, "--cluster", write_cluster(tmp_path, partition="nope"), "--out", tmp_path / "a")
     assert proc.returncode == 2 and "partition 'nope' does not exist" in proc.stderr and not (tmp_path / "a").exists()
-    proc = ftl("sweep", path, "--cluster", write_cluster(tmp_path, additional_parameters={"gres": "gpu:99"}),
-                   "--out", tmp_path / "b")  # fmt: skip
-    assert proc.returncode == 2 and "sbatch failed: Batch job submission failed" in proc.stderr
-    assert not (tmp_path / "b").exists() and "Traceback" not in proc.stderr
-    proc = ftl("sweep", path, "--cluster", write_cluster(tmp_path, additional_parameters={"bogus-opt": "1"}),
-               "--out", tmp_path / "c")  # fmt: skip
-    assert proc.returncode == 2 and "sbatch failed: unrecognized option '--bogus-opt=1'" in proc.stderr, proc.stderr
-    assert "Try" not in proc.stderr and not (tmp_path / "c").exists()  # SLURM's reason, not its closing line
+    cases = {"b": ({"additional_parameters": {"gres": "gpu:99"}}, "Requested node configuration is not available"),
+             "c": ({"additional_parameters": {"bogus-opt": "1"}}, "unrecognized option '--bogus-opt=1'"),
+             "d": ({"nodes": 3}, "Requested node configuration is not available")}  # the cluster has 2 nodes
+    queued = _queue()
+    for out, (cluster, reason) in cases.items():
+        proc = ftl("sweep", path, "--cluster", write_cluster(tmp_path, **cluster), "--out", tmp_path / out)
+        assert proc.returncode == 2 and "SLURM would never start a trial as configured" in proc.stderr, proc.stderr
+        assert reason in proc.stderr and "Try" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / out).exists()
+    assert not set(_queue()) - set(queued)  # nothing queued (--test-only queues nothing)
 
 
 def test_sweep_over_max_array_size_is_split(slurm, lfw, tmp_path):
