@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="the sweep dir (default: sweeps/<name>-<time>)")
     sweep.add_argument("--dry-run", action="store_true", help="print the trial table; submit nothing")
     sweep.add_argument("--recipe", help="the base recipe (for a file that names none, e.g. a W&B sweep file)")
-    sweep.add_argument("--show", type=positive, default=50, help="trials to list with --dry-run")
+    sweep.add_argument("--show", type=at_least(0), default=50, help="trials to list with --dry-run")
     sweep.set_defaults(func=cmd_sweep)
 
     for verb, func, text in (("status", cmd_status, "one-query status table of a sweep"),

@@ -121,9 +121,10 @@ class SearchWorker:
                 if record.failures + adopted >= man.max_attempts:
                     self._poisoned(man, record, record.failures + adopted)
                     continue
+                seen = newest(man.dir / record.run_dir)  # the lease as the decision found it
                 man.append([{"e": "claim", "id": record.id, "slot": self.slot, "job": job_id(),
                              "attempt": record.attempt + 1, "t": time.time(), "adopted": adopted}])  # fmt: skip
-                return self._lease(man, record)
+                return self._lease(man, record, seen)
             if len(man.trials) >= s["n_trials"]:
                 return None
             return self._ask(man)
@@ -145,15 +146,14 @@ class SearchWorker:
             self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             raise
         fault_point("worker-asked")
-        return self._lease(man, man.trials[trial_id])
+        return self._lease(man, man.trials[trial_id], 0)  # a new trial: no lease before this one
 
-    def _lease(self, man: mf.Manifest, record: mf.TrialRecord) -> Claim:
-        """The trial's run dir lease, taken only if nobody took one since this claim was decided: a worker paused
-        here past the sweep lock finds the lock or the lease moved on (LockLost / LeaseLost: decided again)."""
-        run_dir = man.dir / record.run_dir
-        seen = newest(run_dir)
-        man.held.verify()  # the sweep lock still ours: no other claim of this trial since the decision
-        lease = take(run_dir, {"job": job_id(), "slot": self.slot, "attempt": record.attempt}, after=seen)
+    def _lease(self, man: mf.Manifest, record: mf.TrialRecord, seen: int) -> Claim:
+        """The trial's run dir lease, taken only if nobody took one since this claim was decided (`seen`: its newest
+        token then): a worker paused between its decision and here finds the lease moved on (LeaseLost: the claim
+        is decided again) and never fences the newer claimer."""
+        lease = take(man.dir / record.run_dir, {"job": job_id(), "slot": self.slot, "attempt": record.attempt},
+                     after=seen)  # fmt: skip
         fault_point("worker-claimed")
         return Claim(record.id, record.number or 0, record.optuna_id or 0, record.overrides, record.attempt, lease)
 

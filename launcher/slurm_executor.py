@@ -83,10 +83,12 @@ class SlurmExecutor(Executor):
         import tempfile
 
         text = self._submitit(1, "ftl-test-only")._make_submission_file_text("true", "test-only")  # submitit's own
+        _, secret = job_environment(self.cluster)
         with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="ftl-test-only-") as script:
             script.write(text)
             script.flush()
-            proc = _run(["sbatch", "--test-only", script.name])
+            with submission_env(secret):  # the environment a submission has (an enclosing job's SBATCH_* removed)
+                proc = _run(["sbatch", "--test-only", script.name])
         if proc.returncode != 0:
             reason = slurm_message(RuntimeError(proc.stderr or proc.stdout))
             raise FtlError(f"cluster {self.cluster.name}: SLURM would never start a trial as configured "
