@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -15,8 +16,6 @@ from pathlib import Path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import signal
-
     from core import config
     from core.errors import FtlError
     from core.run_dir import resume_config
@@ -43,6 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(e, "run_dir", None) is not None and list(Path(e.run_dir).glob("checkpoints/step_*")):
             print(f"ftl: stopped at once; continue from its last checkpoint with: ftl train resume={e.run_dir}")
         raise
+    if result["status"] == "interrupted" and getattr(args, "own_process", False):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving anyway: one more Ctrl-C must not break the exit
     if result["status"] != "completed":
         print(f"ftl: run {result['status']} at step {result['global_step']}: {result['run_dir']}")
         if result["status"] == "interrupted":
@@ -604,12 +605,15 @@ def exit_quickly(code: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
+    args.own_process = argv is None  # the `ftl` process itself, not a caller's main(argv)
     try:
         code = args.func(args)
         if argv is None and args.verb == "train":  # the `ftl` process itself (not a caller's main(argv))
             exit_quickly(code)
         return code
     except KeyboardInterrupt:
+        if args.own_process:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving: a further Ctrl-C must not break the exit
         if args.debug:
             raise
         queued = args.verb == "sweep" and not args.dry_run
