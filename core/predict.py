@@ -9,12 +9,15 @@ model's by name (a folder may hold fewer classes than the model knows, never oth
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from core.errors import FtlError
 from core.fileio import write_text_atomic
@@ -75,33 +78,27 @@ def evaluate_export(run_dir: str | Path, data_dir: str | Path, weights: str = "b
     if unknown:
         raise FtlError(f"DATA={data_dir} has classes the model was not trained on: {', '.join(unknown[:5])} (it "
                        f"knows {', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})")  # fmt: skip
-    to_model = [classes.index(c) for c in folder.classes]
-    rows, sums = [], torch.zeros(4)
+    to_model = torch.tensor([classes.index(c) for c in folder.classes])
+    folder.transform = transform  # decoded and transformed in DataLoader workers, in the folder's order
+    loader = DataLoader(folder, batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
+    predicted, sums = [], torch.zeros(4)
     with torch.inference_mode():
-        for start in range(0, len(folder.samples), batch_size):
-            batch = folder.samples[start : start + batch_size]
-            images = torch.stack([transform(folder.loader(path)) for path, _ in batch])
-            targets = torch.tensor([to_model[label] for _, label in batch])
+        for images, labels in loader:
+            targets = to_model[labels]
             logits = model(images).float()
-            probs = logits.softmax(1)
             top = logits.topk(min(5, logits.shape[1]), 1).indices
             sums += torch.tensor([F.cross_entropy(logits, targets, reduction="sum").item(),
                                   top[:, 0].eq(targets).sum().item(), top.eq(targets[:, None]).any(1).sum().item(),
-                                  len(batch)])  # fmt: skip
-            rows += [(path, classes[t], classes[p], f"{probs[i, p]:.4f}")
-                     for i, ((path, _), t, p) in enumerate(zip(batch, targets.tolist(), top[:, 0].tolist()))]  # fmt: skip
+                                  len(targets)])  # fmt: skip
+            predicted += zip(targets.tolist(), top[:, 0].tolist(), logits.softmax(1).max(1).values.tolist())
     loss, top1, top5, n = sums.tolist()
     result = {"loss": loss / max(n, 1), "top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "n": int(n),
               "weights": str(file), "classes": len(folder.classes)}  # fmt: skip
     if out is not None:
-        text = [["path", "label", "predicted", "probability"], *rows]
-        write_text_atomic(Path(out), "".join(_csv_line(r) for r in text))
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["path", "label", "predicted", "probability"])
+        writer.writerows((path, classes[t], classes[p], f"{prob:.4f}")
+                         for (path, _), (t, p, prob) in zip(folder.samples, predicted))  # fmt: skip
+        write_text_atomic(Path(out), text.getvalue())
     return result
-
-
-def _csv_line(values) -> str:
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
-    return buf.getvalue()

@@ -294,7 +294,8 @@ def _hint(man, sweep_dir) -> str:
     todo = [t for t in man.trials.values() if st.needs_resume(t.state) and not t.cancelled]
     if not todo:
         return ""
-    repeat = [t for t in todo if not st.resume_helps(t.state, bool(mf.read_trial_files(Path(sweep_dir), t)[1].get("error")))]
+    repeat = [t for t in todo if not st.resume_helps(t.state, t.state == "FAILED" and bool(  # only FAILED: its file
+        mf.read_trial_files(Path(sweep_dir), t)[1].get("error")))]  # fmt: skip
     fixable = len(todo) - len(repeat)
     held = sum(st.phase(t.state) == "held" for t in todo)
     why = f" ({held} held by SLURM: `scontrol release` them, or resume queues them afresh)" if held else ""

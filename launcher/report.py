@@ -253,8 +253,14 @@ def load(sweep_dir: str | Path, metric: str | None = None) -> SweepData:
         t.final = _num(t.result.get(metric)) if metric in t.result else (values[-1][0] if values else None)
         best = min(values, key=lambda p: (sign * p[0], p[1])) if values else None
         t.best, t.best_epoch = best if best else (t.final, None)
-    trials.sort(key=lambda t: (_num(t.result.get(metric)) is None, t.final is None, sign * (t.final or 0), t.rec.id))
+    _rank(trials, metric, mode)
     return SweepData(sweep_dir, man, metric, mode, trials, list(dict.fromkeys(k for t in trials for k in t.params)))
+
+
+def _rank(trials: list[Trial], metric: str, mode: str) -> None:
+    """Finished trials first, best first; then those with a value but no result; then the rest (by id)."""
+    sign = -1 if mode == "max" else 1
+    trials.sort(key=lambda t: (_num(t.result.get(metric)) is None, t.final is None, sign * (t.final or 0), t.rec.id))
 
 
 def combine(sweep_dirs: list[str | Path], metric: str | None = None) -> SweepData:
@@ -276,8 +282,7 @@ def combine(sweep_dirs: list[str | Path], metric: str | None = None) -> SweepDat
             t.rec = dataclasses.replace(t.rec, id=f"{label}/{t.rec.id}", run_dir=str((sw.dir / t.rec.run_dir).resolve()))
             t.params = {"sweep": label, **t.params}
             trials.append(t)
-    sign = -1 if first.mode == "max" else 1
-    trials.sort(key=lambda t: (_num(t.result.get(first.metric)) is None, t.final is None, sign * (t.final or 0), t.rec.id))
+    _rank(trials, first.metric, first.mode)
     root = Path(os.path.commonpath([str(sw.dir.resolve()) for sw in sweeps]))
     man = dataclasses.replace(first.man, name=" vs ".join(labels), recipe=", ".join(dict.fromkeys(sw.man.recipe for sw in sweeps)),
                               overrides=[], search=None, trials={t.rec.id: t.rec for t in trials}, dir=root)  # fmt: skip
@@ -659,10 +664,8 @@ def _failures(sw: SweepData, here: Path) -> str:
 
 def build_report(sweep_dir: str | Path | list, out: Path | None = None, metric: str | None = None) -> Path:
     """Write the sweep's self-contained HTML report (default DIR/report.html) atomically; returns its path.
-    Several sweep dirs: one report of all their trials (`combine`), by default compare.html beside them."""
-    several = isinstance(sweep_dir, list) and len(sweep_dir) > 1
-    if isinstance(sweep_dir, list) and not several:
-        sweep_dir = sweep_dir[0]
+    A list of sweep dirs: one report of all their trials (`combine`), by default compare.html beside them."""
+    several = isinstance(sweep_dir, list)
     sw = combine(sweep_dir, metric) if several else load(sweep_dir, metric)  # type: ignore[arg-type]
     out = Path(out) if out else sw.dir / ("compare.html" if several else "report.html")
     here, plot = out.parent.resolve(), _Plots()
