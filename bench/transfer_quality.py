@@ -149,8 +149,8 @@ def main() -> None:
             common = [f"data.train_dir={data[task]}/train", f"data.val_dir={data[task]}/val", "data.image_size=64",
                       f"data.batch_size={bs}", f"data.num_workers={args.workers}", "train.log_every_steps=1000"]  # fmt: skip
             for backbone in args.backbones:
-                for name in args.configs:
-                    for seed in args.seeds:
+                for seed in args.seeds:  # configs interleaved: a slow spell of the machine hits each alike
+                    for name in args.configs:
                         where = Path(tmp) / f"{task}-{backbone}-{name}-{seed}"
                         if name == "fastai":
                             res = run_fastai(args.fastai_site, data[task], backbone, BACKBONES[backbone], seed, bs,

@@ -54,7 +54,7 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every",
             "train.keep_checkpoints", "train.log_every_steps", "model.head_hidden", "data.eval_batch_size",
-            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.end_lr",
+            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.batch_size", "lr_find.end_lr",
             "model.embedding_dim", "finetune.unfrozen_lr_scale")  # fmt: skip
 NON_NEGATIVE = ("train.seed", "data.num_workers", "finetune.freeze_epochs", "schedule.warmup_epochs", "schedule.min_lr",
                 "optim.weight_decay", "augment.rotate", "augment.shear", "augment.color_jitter", "augment.brightness",
@@ -190,8 +190,8 @@ def cross_problems(cfg: dict[str, Any]) -> list[str]:
                    "the LR over the layers: use one")  # fmt: skip
     if isinstance(o.get("lr"), list) and o.get("lr_spread", 1) != 1:
         out.append("optim.lr: [low, high] already sets the spread; drop optim.lr_spread")
-    scale = f.get("unfrozen_lr_scale", 1.0)
-    if o.get("lr") == "auto" and lf.get("each_phase", True) and _number(scale) and scale != 1:
+    scale = f.get("unfrozen_lr_scale")
+    if o.get("lr") == "auto" and lf.get("each_phase") and _number(scale):
         out.append(f"finetune.unfrozen_lr_scale={scale} has no effect with optim.lr=auto (each phase finds its own LR):"
                    " drop it or set lr_find.each_phase=false")  # fmt: skip
     if _number(lf.get("start_lr")) and _number(lf.get("end_lr")) and lf["start_lr"] >= lf["end_lr"]:

@@ -101,11 +101,15 @@ class OptimConfig:
 
 @dataclass
 class LRFindConfig:
-    start_lr: float = 1e-7
+    # steps, images per step and start LR: None scales them with the run (lr_finder.range_test_shape): fastai's test
+    # (100 steps at the run's batch from 1e-7) for a run of 1000 updates or more, a short one (40 steps of at most
+    # 32 images from 1e-5) for a shorter run, where the long one costs 3-5x the run (docs/transfer.md)
+    start_lr: float | None = None
     end_lr: float = 10.0
-    num_steps: int = 100
+    num_steps: int | None = None
+    batch_size: int | None = None  # per process
     suggestion: str = "minimum"  # minimum (lowest loss / 10) | valley | steepest; docs/benchmarks.md: how auto fares
-    each_phase: bool = True  # a range test as each fine-tune phase starts (false: the first phase's LR for all)
+    each_phase: bool = False  # true: a range test as each fine-tune phase starts; false: one, the first phase's
 
 
 @dataclass
@@ -114,7 +118,9 @@ class FinetuneConfig:
     freeze_epochs: int = 1  # freeze-then-unfreeze: epochs with only the head training
     unfreeze_every: int = 1  # gradual: epochs between unfreezing the next stage (from the head down)
     train_bn: bool = True  # BatchNorm in frozen stages keeps training (fastai); false: frozen with its statistics
-    unfrozen_lr_scale: float = 1.0  # later phases peak at lr x this (fastai: 0.5); auto: with each_phase false
+    # later phases peak at lr x this (fastai: 0.5); None: 1 with a fixed LR, 0.3 with optim.lr=auto's one range
+    # test (the whole network's test suggests 0.3x the head-only one's, measured: docs/transfer.md)
+    unfrozen_lr_scale: float | None = None
 
 
 @dataclass

@@ -38,7 +38,7 @@ def test_compiled_run_with_phases_ema_and_export_reuse(lfw, tmp_path):
 
 def test_lr_find_and_auto_lr_with_compile(lfw, tmp_path):
     over = lfw_overrides(lfw, **{**MOBILENET, "data.image_size": 32, "data.batch_size": 8, "model.compile": "true",
-                                 "model.compile_backend": "eager", "lr_find.num_steps": 8, "train.epochs": 2})  # fmt: skip
+                                 "model.compile_backend": "eager", "lr_find.num_steps": 16, "train.epochs": 2})  # fmt: skip
     result = engine.find_lr(config.load("fine_tune", over), tmp_path / "lr")
     assert len(result.lrs) >= 2 and (tmp_path / "lr" / "lr_find.json").is_file()
     run = engine.fit(config.load("fine_tune", [*over, "optim.lr=auto"]), tmp_path / "run")

@@ -213,6 +213,16 @@ def test_parity_with_torch_path_batches_and_accuracy(lfw_betons, tmp_path):
     assert results["ffcv"]["val_top1"] >= 0.85 and abs(results["ffcv"]["val_top1"] - results["torch"]["val_top1"]) <= 0.08
 
 
+def test_auto_lr_on_ffcv_takes_the_range_tests_batch_from_the_runs_batches(lfw_betons, tmp_path):
+    """The FFCV loader's batch size is fixed: a range test of fewer images a step uses the first ones of each."""
+    over = lfw_overrides(lfw_betons, **{"data.loader": "ffcv", "data.image_size": 32, "data.batch_size": 16,
+                                        "train.epochs": 2, "optim.lr": "auto", "lr_find.num_steps": 12,
+                                        "lr_find.batch_size": 6, "lr_find.start_lr": 1e-6})  # fmt: skip
+    assert engine.fit(config.load("fine_tune", over), tmp_path / "r")["status"] == "completed"
+    found = json.loads((tmp_path / "r" / "lr_find.json").read_text())
+    assert found["batch_size"] == 6 and found["chosen"] > 0
+
+
 def test_ffcv_resume_mid_epoch_is_bit_exact(lfw_betons, tmp_path):
     """The FFCV path keeps exact resume: seeded order, seeded crops in the decoder, seeded device augmentation."""
     import shutil

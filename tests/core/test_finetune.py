@@ -146,6 +146,18 @@ def test_lr_finder_on_a_known_problem_restores_weights():
     assert all(math.isfinite(v) for v in result.losses)
 
 
+def test_range_test_shape_scales_with_the_run():
+    """fastai's test (100 steps at the run's batch from 1e-7) for a run of 1000 updates or more; 40 steps of at
+    most 32 images from 1e-5 for a shorter one; what lr_find sets always wins."""
+    from core.lr_finder import range_test_shape
+
+    assert range_test_shape(None, None, None, 1000, 64) == (100, 64, 1e-7)
+    assert range_test_shape(None, None, None, 999, 64) == (40, 32, 1e-5)
+    assert range_test_shape(None, None, None, 30, 20) == (40, 20, 1e-5)  # never more than the run's batch
+    assert range_test_shape(12, 8, 1e-6, 30, 64) == (12, 8, 1e-6)
+    assert range_test_shape(200, None, None, 10_000, 128) == (200, 128, 1e-7)
+
+
 def test_parameter_group_table_shows_each_groups_peak():
     """One-cycle starts at peak / 25: the table's 'peak lr' column must show the peak, per group."""
     from core.optim import PhasedSchedule, param_group_table

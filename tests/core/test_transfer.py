@@ -230,7 +230,7 @@ def test_auto_finds_each_phases_lr_as_it_starts_and_resumes_exactly(lfw, tmp_pat
     from tests.conftest import stop_after
 
     over = lfw_overrides(lfw, **{**MOBILENET, "optim.lr": "auto", "lr_find.num_steps": 12, "data.batch_size": 8, "train.epochs": 3,
-                                 "data.image_size": 32, "train.deterministic": "true"})  # fmt: skip
+                                 "lr_find.each_phase": "true", "data.image_size": 32, "train.deterministic": "true"})  # fmt: skip
     full = engine.fit(config.load("fine_tune", over), tmp_path / "full")
     one, two = (json.loads((tmp_path / "full" / f).read_text()) for f in ("lr_find.json", "lr_find_phase2.json"))
     assert (one["phase"], two["phase"]) == (1, 2) and (tmp_path / "full" / "lr_find_phase2.png").is_file()
@@ -254,14 +254,21 @@ def test_auto_finds_each_phases_lr_as_it_starts_and_resumes_exactly(lfw, tmp_pat
         assert json.loads((part / "lr_find_phase2.json").read_text())["chosen"] == two["chosen"], where
 
 
-def test_auto_with_one_test_for_every_phase(lfw, tmp_path):
-    over = lfw_overrides(lfw, **{**MOBILENET, "optim.lr": "auto", "lr_find.num_steps": 12, "lr_find.each_phase": "false",
-                                 "data.batch_size": 8, "train.epochs": 2, "data.image_size": 32})  # fmt: skip
+def test_auto_by_default_runs_one_short_test_and_scales_the_unfrozen_phase(lfw, tmp_path):
+    """optim.lr=auto as it comes: a run this short (10 updates) gets the short range test (40 steps of at most 32
+    images from 1e-5: here the run's 8), one test only, and the unfrozen phase peaks at 0.3x its LR."""
+    over = lfw_overrides(lfw, **{**MOBILENET, "optim.lr": "auto", "data.batch_size": 8, "train.epochs": 2,
+                                 "data.image_size": 32})  # fmt: skip
     engine.fit(config.load("fine_tune", over), tmp_path / "r")
     assert [p.name for p in tmp_path.joinpath("r").glob("lr_find*.json")] == ["lr_find.json"]
-    chosen = json.loads((tmp_path / "r" / "lr_find.json").read_text())["chosen"]
+    found = json.loads((tmp_path / "r" / "lr_find.json").read_text())
+    assert found["batch_size"] == 8 and found["lrs"][0] == pytest.approx(1e-5) and len(found["lrs"]) <= 40
+    assert found["lrs"][1] / found["lrs"][0] == pytest.approx((10 / 1e-5) ** (1 / 39))  # 40 steps up to end_lr 10
     lrs = [json.loads(line).get("lr") for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert 0.9 * chosen <= max(x for x in lrs[5:] if x) <= chosen * 1.0001
+    lrs = [x for x in lrs if x]
+    assert len(lrs) == 10
+    assert 0.9 * found["chosen"] <= max(lrs[:5]) <= found["chosen"] * 1.0001
+    assert 0.9 * 0.3 * found["chosen"] <= max(lrs[5:]) <= 0.3 * found["chosen"] * 1.0001
 
 
 def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
@@ -276,10 +283,10 @@ def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
     assert 0.9 * 2e-3 <= max(lrs[:5]) <= 2e-3 * 1.0001 and 0.9 * 1e-3 <= max(lrs[5:]) <= 1e-3 * 1.0001
     with pytest.raises(FtlError, match="finetune.unfrozen_lr_scale"):
         config.load("fine_tune", [*over, "finetune.unfrozen_lr_scale=0"])
-    # auto finds each phase's LR: a scale would be silently ignored, so it is refused (with each_phase=false it applies)
+    # auto with a test per phase: a scale would be silently ignored, so it is refused (with one test it applies)
     with pytest.raises(FtlError, match=r"unfrozen_lr_scale=0.5 has no effect with optim.lr=auto"):
-        config.load("fine_tune", [*over, "optim.lr=auto"])
-    assert config.load("fine_tune", [*over, "optim.lr=auto", "lr_find.each_phase=false"])
+        config.load("fine_tune", [*over, "optim.lr=auto", "lr_find.each_phase=true"])
+    assert config.load("fine_tune", [*over, "optim.lr=auto"])
 
 
 # ---------------------------------------------------------------- EMA on a short run
