@@ -9,6 +9,8 @@ for everyone. Configs:
 
     ftl     jobs/recipes/fine_tune.yaml as it is (the default), only the task's size/batch/workers set
     auto    the same with optim.lr=auto (the LR finder chooses)
+    race    the same with lr_find.race=[1,0.33]: the unfrozen phase's LR (3e-3 or 1e-3) chosen by a race of two
+            epochs from its start
     full    a plain timm-style full fine-tune: AdamW lr 1e-3, one-cycle, 6 epochs, crop resize (reference)
     fastai  vision_learner(...).fine_tune(5) with the same offline backbone (reference; needs --fastai-site)
     crop / squash / pad   ftl's default with that data.resize (how the default was chosen)
@@ -53,6 +55,7 @@ FULL = ["finetune.strategy=full", "optim.lr=1e-3", "optim.lr_spread=1", "schedul
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "ftl": ("fine_tune", []),
     "auto": ("fine_tune", ["optim.lr=auto"]),
+    "race": ("fine_tune", ["lr_find.race=[1,0.33]"]),
     "full": ("base", FULL),
     "fastai": ("", []),
     "crop": ("fine_tune", ["data.resize=crop"]),

@@ -54,7 +54,7 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every",
             "train.keep_checkpoints", "train.log_every_steps", "model.head_hidden", "data.eval_batch_size",
-            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.batch_size", "lr_find.end_lr",
+            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.batch_size", "lr_find.end_lr", "lr_find.race_epochs",
             "model.embedding_dim", "finetune.unfrozen_lr_scale")  # fmt: skip
 NON_NEGATIVE = ("train.seed", "data.num_workers", "finetune.freeze_epochs", "schedule.warmup_epochs", "schedule.min_lr",
                 "optim.weight_decay", "augment.rotate", "augment.shear", "augment.color_jitter", "augment.brightness",
@@ -194,6 +194,10 @@ def cross_problems(cfg: dict[str, Any]) -> list[str]:
     if o.get("lr") == "auto" and lf.get("each_phase") and _number(scale):
         out.append(f"finetune.unfrozen_lr_scale={scale} has no effect with optim.lr=auto (each phase finds its own LR):"
                    " drop it or set lr_find.each_phase=false")  # fmt: skip
+    race = lf.get("race") or []
+    if not isinstance(race, (list, tuple)) or not all(_number(x) and x > 0 for x in race) or len(race) == 1:
+        out.append(f"lr_find.race={race!r} must be a list of at least two factors > 0 of the phase's LR, e.g. [1, 0.33]"
+                   " (or [] for none)")  # fmt: skip
     if _number(lf.get("start_lr")) and _number(lf.get("end_lr")) and lf["start_lr"] >= lf["end_lr"]:
         out.append(f"lr_find.start_lr={lf['start_lr']} must be below lr_find.end_lr={lf['end_lr']}")
     if f.get("strategy") == "freeze-then-unfreeze" and _number(epochs) and _number(f.get("freeze_epochs")):

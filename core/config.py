@@ -110,6 +110,11 @@ class LRFindConfig:
     batch_size: int | None = None  # per process
     suggestion: str = "minimum"  # minimum (lowest loss / 10) | valley | steepest; docs/benchmarks.md: how auto fares
     each_phase: bool = False  # true: a range test as each fine-tune phase starts; false: one, the first phase's
+    # a race between LRs as a phase starts: each factor x the phase's peak trains race_epochs epochs of it from the
+    # same state, the lowest val_loss wins and the phase trains with it from its start ([]: none; e.g. [1, 0.33]).
+    # Phases of more than race_epochs epochs race (the fine_tune recipe's unfrozen phase, not its head-only epoch)
+    race: list[float] = field(default_factory=list)
+    race_epochs: int = 2
 
 
 @dataclass

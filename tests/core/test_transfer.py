@@ -271,6 +271,44 @@ def test_auto_by_default_runs_one_short_test_and_scales_the_unfrozen_phase(lfw, 
     assert 0.9 * 0.3 * found["chosen"] <= max(lrs[5:]) <= 0.3 * found["chosen"] * 1.0001
 
 
+def test_lr_race_picks_the_unfrozen_phases_lr_by_training_and_resumes_exactly(lfw, tmp_path):
+    """lr_find.race: as the unfrozen phase starts, each candidate trains race_epochs of it from the same state and
+    the lowest val_loss wins; the phase then trains with the winner from its start. A run stopped inside the race
+    or after it resumes to the same weights; after it, without racing again."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import stop_after
+
+    over = lfw_overrides(lfw, **{"optim.lr": 3e-3, "lr_find.race": "[1,0.1]", "lr_find.race_epochs": 1,
+                                 "data.batch_size": 8, "train.epochs": 3, "data.image_size": 32,
+                                 "train.deterministic": "true"})  # fmt: skip
+    full = engine.fit(config.load("fine_tune", over), tmp_path / "full")
+    race = json.loads((tmp_path / "full" / "lr_race_phase2.json").read_text())
+    lrs = sorted(c["lr"] for c in race["candidates"])
+    assert lrs == pytest.approx([3e-4, 3e-3]) and race["chosen"] in lrs and race["epochs"] == 1
+    assert race["chosen"] == min(race["candidates"], key=lambda c: c["val_loss"])["lr"]
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "lr" in r]
+    assert steps == list(range(1, 16))  # the race's 2 x 5 updates are not the run's: 5 + 10 updates logged
+    phase2 = [r["lr"] for r in records if "lr" in r][5:]
+    assert 0.5 * race["chosen"] <= max(phase2) <= race["chosen"] * 1.0001
+    digest = load_file(str(tmp_path / "full" / "export" / "last.safetensors"))
+    for stop, where in ((8, "inside the race"), (18, "in the unfrozen phase, after the race")):
+        part = tmp_path / f"part{stop}"
+        assert engine.fit(config.load("fine_tune", over), part, should_stop=stop_after(stop))["status"] == "interrupted"
+        raced = part / "lr_race_phase2.json"
+        assert raced.is_file() == (stop == 18), where
+        before = raced.stat().st_mtime_ns if raced.is_file() else None
+        resumed = engine.fit(config.load("fine_tune", [*over, f"resume={part}"]))
+        assert resumed["val_top1"] == full["val_top1"], where
+        again = load_file(str(part / "export" / "last.safetensors"))
+        assert all(torch.equal(digest[k], again[k]) for k in digest), where
+        assert json.loads(raced.read_text())["chosen"] == race["chosen"], where
+        assert before is None or raced.stat().st_mtime_ns == before, where  # not raced again
+    with pytest.raises(FtlError, match=r"lr_find.race=\[1\.0\] must be a list of at least two factors"):
+        config.load("fine_tune", [*over, "lr_find.race=[1]"])
+
+
 def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
     """finetune.unfrozen_lr_scale (fastai's fine_tune halves its LR as it unfreezes): the head-only phase peaks
     at optim.lr, the unfrozen phase at lr x scale; a value <= 0 is one line naming the key."""
