@@ -88,6 +88,9 @@ def run_ftl(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     chosen = [json.loads(f.read_text())["chosen"] for f in sorted(run_dir.glob("lr_find*.json"))]
     if chosen:  # optim.lr=auto: the first phase's LR, then each later phase's
         out["lr"] = chosen
+    raced = [json.loads(f.read_text())["chosen"] for f in sorted(run_dir.glob("lr_race_phase*.json"))]
+    if raced:  # lr_find.race: each raced phase's winner
+        out["race"] = raced
     out["time_s"] = result.get("time_s", {})
     if "val_recall@1" in result:
         out["recall@1"] = result["val_recall@1"]
@@ -166,6 +169,7 @@ def main() -> None:
                                           where)  # fmt: skip
                         rows.append({"task": task, "backbone": backbone, "config": name, "seed": seed, **res})
                         lr = f" (lr {' then '.join(f'{x:.2e}' for x in res['lr'])})" if "lr" in res else ""
+                        lr += f" (race won by {', '.join(f'{x:.2e}' for x in res['race'])})" if "race" in res else ""
                         recall = f" recall@1 {res['recall@1']:.4f}" if "recall@1" in res else ""
                         print(f"RESULT {task} {backbone} {name} seed {seed}: top1 {res['top1']:.4f}{recall} in "
                               f"{res['wall_s']:.1f}s{lr}", flush=True)  # fmt: skip
