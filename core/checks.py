@@ -54,8 +54,8 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 POSITIVE = ("data.batch_size", "train.epochs", "train.grad_accum_steps", "lr_find.num_steps", "finetune.unfreeze_every",
             "train.keep_checkpoints", "train.log_every_steps", "model.head_hidden", "data.eval_batch_size",
-            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.batch_size", "lr_find.end_lr", "lr_find.race_epochs",
-            "model.embedding_dim", "finetune.unfrozen_lr_scale")  # fmt: skip
+            "data.num_classes", "train.clip_grad_norm", "lr_find.start_lr", "lr_find.batch_size", "lr_find.end_lr",
+            "lr_find.race_epochs", "model.embedding_dim", "finetune.unfrozen_lr_scale")  # fmt: skip
 NON_NEGATIVE = ("train.seed", "data.num_workers", "finetune.freeze_epochs", "schedule.warmup_epochs", "schedule.min_lr",
                 "optim.weight_decay", "augment.rotate", "augment.shear", "augment.color_jitter", "augment.brightness",
                 "augment.contrast", "augment.saturation", "augment.channel_shift", "augment.mixup", "augment.cutmix",

@@ -380,6 +380,11 @@ class FineTune:
         self.data: DataSource = open_data(d, t.seed, acc.device, self.say, cfg.augment)
         check_data(cfg, self.data)
         self.net = build_network(m, cfg.finetune, t.epochs, len(self.data.classes))
+        lf = cfg.lr_find
+        if lf.race and not any(p.epochs > lf.race_epochs for p in self.net.phases):
+            raise FtlError(f"lr_find.race: no phase is longer than lr_find.race_epochs={lf.race_epochs} (phases of "
+                           f"{[p.epochs for p in self.net.phases]} epochs), so nothing would race: lower "
+                           "race_epochs, train longer or drop lr_find.race")  # fmt: skip
         own = data_config(self.net.module, d.mean, d.std, d.crop_pct)  # the model's own where data.* is unset
         self.mean, self.std, self.crop_pct = own["mean"], own["std"], own["crop_pct"]
         self.augment = augment_config(cfg.augment)

@@ -307,6 +307,9 @@ def test_lr_race_picks_the_unfrozen_phases_lr_by_training_and_resumes_exactly(lf
         assert before is None or raced.stat().st_mtime_ns == before, where  # not raced again
     with pytest.raises(FtlError, match=r"lr_find.race=\[1\.0\] must be a list of at least two factors"):
         config.load("fine_tune", [*over, "lr_find.race=[1]"])
+    with pytest.raises(FtlError, match=r"no phase is longer than lr_find.race_epochs=2 \(phases of \[1, 2\] epochs\)"):
+        engine.fit(config.load("fine_tune", [*over, "lr_find.race_epochs=2"]), tmp_path / "short")
+    assert not (tmp_path / "short").exists()
 
 
 def test_unfrozen_lr_scale_lowers_the_later_phases_peak_only(lfw, tmp_path):
