@@ -1,5 +1,6 @@
 """The `ftl` command end to end: real training, 2-process DDP, and one-line errors for bad input."""
 
+import json
 import os
 import re
 import sys
@@ -45,6 +46,26 @@ def test_two_process_ddp_ranks_agree(lfw, tmp_path):
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], proc.stdout
     assert "2 process(es)" in proc.stdout
     assert (tmp_path / "ddp" / "export" / "last.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_lr_race_ranks_agree(lfw, tmp_path):
+    """lr_find.race under torchrun: both ranks race alike (the same winner, the same weights after), and the run
+    that follows keeps them in sync."""
+    import subprocess
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    over = lfw_overrides(lfw, **{"data.num_workers": 0, "data.batch_size": 8, "data.image_size": 32, "train.epochs": 3,
+                                 "lr_find.race": "[1,0.1]", "lr_find.race_epochs": 1})  # fmt: skip
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29535", "-m", "launcher.cli", "train", "fine_tune",
+           *over, "--run-dir", str(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    race = json.loads((tmp_path / "ddp" / "lr_race_phase2.json").read_text())
+    assert len(race["candidates"]) == 2 and f"ftl: lr race, phase 2: {race['chosen']:.2e} wins" in proc.stdout
+    digests = dict(re.findall(r"ftl: rank (\d): weights ([0-9a-f]{16})$", proc.stdout, re.M))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], proc.stdout
 
 
 def test_missing_dataset_dir(tmp_path):
