@@ -13,6 +13,7 @@ Everything a user can get wrong (data, model, weights, output dir) is checked be
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -685,8 +686,6 @@ class FineTune:
         are not kept). Measured (docs/benchmarks.md): two epochs into the unfrozen phase, validation ranked two LRs
         as their final top-1 did in 9 of 9 pairs; after one the higher LR led in every pair. lr_race_phaseN.json
         records each candidate's score. None when a stop was requested (the state is back at the phase's start)."""
-        import copy
-
         acc, t, lf, state = self.accelerator, self.cfg.train, self.cfg.lr_find, self.state
         peak = self.schedule.peaks[index]
         saved = (copy.deepcopy(self.module.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
