@@ -123,7 +123,7 @@ def extend_search(sweep_dir: Path, sweep: Sweep) -> Path:
             raise FtlError(f"sweep dir {sweep_dir} is not a search: continue it with `ftl resume {sweep_dir}`")
         check_study(man)
         changed = [k.replace("_hash", "") for k in EXTEND_REFUSES if old.get(k) != new.get(k)]
-        changed += [k for k in ("metric", "mode", "recipe", "overrides") if getattr(man, k) != getattr(sweep, k)]
+        changed += _changed(man, sweep)
         if changed:
             raise FtlError(f"sweep dir {sweep_dir} holds a search with another {' / '.join(changed)}: continuing its "
                            "study with a changed search would mix two searches; pick a new --out")  # fmt: skip
@@ -137,6 +137,11 @@ def extend_search(sweep_dir: Path, sweep: Sweep) -> Path:
     return sweep_dir
 
 
+def _changed(man: mf.Manifest, sweep: Sweep) -> list[str]:
+    """What the sweep file changes that makes its trials not compare with the launched ones."""
+    return [k for k in ("recipe", "metric", "mode", "overrides") if getattr(man, k) != getattr(sweep, k)]
+
+
 def extend_grid(sweep_dir: Path, sweep: Sweep) -> tuple[mf.Manifest, str]:
     """`ftl sweep FILE --out DIR` on an existing grid: the trials of FILE that DIR does not hold yet (new values,
     new seeds) are added and queued, with every unfinished trial (as `ftl resume`); finished ones never run again.
@@ -145,8 +150,7 @@ def extend_grid(sweep_dir: Path, sweep: Sweep) -> tuple[mf.Manifest, str]:
         if man.search or sweep.search:
             raise FtlError(f"sweep dir {sweep_dir} holds a {'search' if man.search else 'grid'} and {sweep.path} is "
                            f"a {'search' if sweep.search else 'grid'}: pick a new --out")  # fmt: skip
-        changed = [k for k in ("recipe", "metric", "mode", "overrides") if getattr(man, k) != getattr(sweep, k)]
-        if changed:
+        if changed := _changed(man, sweep):
             raise FtlError(f"sweep dir {sweep_dir} holds a grid with another {' / '.join(changed)}: its trials would "
                            f"not compare with the new ones; pick a new --out")  # fmt: skip
         new = [t for t in sweep.trials if t.id not in man.jobs]

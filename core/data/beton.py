@@ -247,7 +247,7 @@ def convert(
         os.replace(tmp, out)
         meta["path"] = str(out)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # before the folders it sits in (`finally` would be too late)
         for folder in made:  # nothing half-written left behind: the folders this convert created, if still empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
