@@ -669,10 +669,9 @@ class FineTune:
     def _race_due(self, index: int) -> bool:
         """A race as phase `index` starts: lr_find.race set, the phase longer than race_epochs, not raced before
         (a resumed run reuses its winner), and the run at the phase's first update."""
-        lf, phases = self.cfg.lr_find, self.net.phases
-        start = sum(p.epochs for p in phases[:index])
-        return (bool(lf.race) and phases[index].epochs > lf.race_epochs and self._race_winner(index) is None
-                and (self.state.epoch, self.state.step_in_epoch) == (start, 0))  # fmt: skip
+        lf, phase = self.cfg.lr_find, self.net.phases[index]
+        return (bool(lf.race) and phase.epochs > lf.race_epochs and self._race_winner(index) is None
+                and (self.state.epoch, self.state.step_in_epoch) == (phase.start_epoch, 0))  # fmt: skip
 
     def _race_winner(self, index: int) -> float | None:
         path = self.run_dir / f"lr_race_phase{index + 1}.json"
